@@ -1,0 +1,1 @@
+"""pushpilot models."""

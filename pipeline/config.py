@@ -1,0 +1,94 @@
+"""Settings, read once at the entry point and passed down.
+
+Sources, highest first: keyword arguments, ``PUSHPILOT_*`` environment variables, the TOML file
+named by ``PUSHPILOT_CONFIG`` (or ``pushpilot.toml`` in the working directory), the defaults here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUSHPILOT_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path(".pushpilot"),
+        description="Runtime state: embedded Valkey files, MLflow store, logs.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis/Valkey to use; unset starts the embedded Valkey."
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join; unset starts a local one-node Ray."
+    )
+    ray_num_cpus: int = Field(default=2, ge=1)
+    ray_object_store_mb: int = Field(default=512, ge=78)
+    ray_temp_dir: Path | None = Field(
+        default=None, description="Ray's session and log folder; unset uses Ray's default."
+    )
+    mlflow_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; unset uses SQLite in the data directory."
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    serve_replicas: int = Field(default=1, ge=1)
+    max_models_per_replica: int = Field(default=16, ge=1)
+    inbox_max_len: int = Field(default=1000, ge=10)
+    log_level: str = "INFO"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.data_dir / "mlartifacts"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get("PUSHPILOT_CONFIG", "pushpilot.toml")
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file),
+        )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings once; the entry points call this and pass the result down."""
+    config_file = os.environ.get("PUSHPILOT_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise FileNotFoundError(f"PUSHPILOT_CONFIG names {config_file!r}, which is not a file")
+    return Settings(**overrides)  # type: ignore[arg-type]

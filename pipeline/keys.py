@@ -1,0 +1,139 @@
+"""Every Redis key pushpilot uses is named here, and nowhere else.
+
+Tenant keys are ``pp:{<tenant_id>}:<kind>[:<rest>]``. The braces are a Redis Cluster hash tag,
+so one tenant's keys share a slot and a Lua script may touch several of them. Global keys are
+``pp:global:<kind>``.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "TENANT_ID_PATTERN",
+    "validate_tenant_id",
+    "tenant_prefix",
+    "tenant_pattern",
+    "tenants_set",
+    "api_key_index",
+    "tenant_meta",
+    "tenant_api_keys",
+    "tenant_secret",
+    "outbox_stream",
+    "push_ids",
+    "push_status",
+    "status_counts",
+    "dead_letter_stream",
+    "inbox_stream",
+    "inbox_channel",
+    "user_features",
+    "user_profiles",
+    "quarantine",
+    "LANES",
+]
+
+TENANT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+LANES = ("transactional", "marketing")
+
+
+def validate_tenant_id(tenant_id: str) -> str:
+    if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.fullmatch(tenant_id):
+        raise ValueError(
+            f"tenant id must match {TENANT_ID_PATTERN.pattern} "
+            f"(lower-case letters, digits, '_' and '-', 1-63 characters), got {tenant_id!r}"
+        )
+    return tenant_id
+
+
+def _tenant(tenant_id: str) -> str:
+    return f"pp:{{{validate_tenant_id(tenant_id)}}}"
+
+
+def _part(name: str, value: str) -> str:
+    if not value or any(c in value for c in "{}\n\r"):
+        raise ValueError(f"{name} must be non-empty without braces or newlines, got {value!r}")
+    return value
+
+
+def tenant_prefix(tenant_id: str) -> str:
+    """The prefix every key of the tenant starts with (ACL users are limited to it)."""
+    return f"{_tenant(tenant_id)}:"
+
+
+def tenant_pattern(tenant_id: str) -> str:
+    """A SCAN/ACL pattern matching all of the tenant's keys."""
+    return f"{_tenant(tenant_id)}:*"
+
+
+def tenants_set() -> str:
+    return "pp:global:tenants"
+
+
+def api_key_index() -> str:
+    """Hash: sha256(api key) -> tenant id, to find a key's tenant without trying each one."""
+    return "pp:global:apikeys"
+
+
+def tenant_meta(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:meta"
+
+
+def tenant_api_keys(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:apikeys"
+
+
+def tenant_secret(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:secret"
+
+
+def outbox_stream(tenant_id: str, lane: str) -> str:
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {LANES}, got {lane!r}")
+    return f"{_tenant(tenant_id)}:outbox:{lane}"
+
+
+def push_ids(tenant_id: str) -> str:
+    """Set of push ids ever enqueued: the idempotency guard."""
+    return f"{_tenant(tenant_id)}:pushids"
+
+
+def push_status(tenant_id: str, push_id: str) -> str:
+    return f"{_tenant(tenant_id)}:push:{_part('push_id', push_id)}"
+
+
+def status_counts(tenant_id: str) -> str:
+    return f"{_tenant(tenant_id)}:pushcounts"
+
+
+def dead_letter_stream(tenant_id: str) -> str:
+    """Stream of pushes that could not be delivered, each with its reason."""
+    return f"{_tenant(tenant_id)}:deadletter"
+
+
+def inbox_stream(tenant_id: str, user_id: str) -> str:
+    return f"{_tenant(tenant_id)}:inbox:{_part('user_id', user_id)}"
+
+
+def inbox_channel(tenant_id: str) -> str:
+    """Pub/sub channel announcing new inbox entries of the tenant (payload: user id)."""
+    return f"{_tenant(tenant_id)}:inbox-events"
+
+
+def user_features(tenant_id: str) -> str:
+    """Hash: user id -> JSON feature vector at the latest cutoff."""
+    return f"{_tenant(tenant_id)}:features"
+
+
+def user_profiles(tenant_id: str) -> str:
+    """Hash: user id -> JSON of the user's pseudonymised, non-personal attributes."""
+    return f"{_tenant(tenant_id)}:profiles"
+
+
+def quarantine(tenant_id: str) -> str:
+    """Hash: user id -> reason, the users the guard keeps out of training and targeting."""
+    return f"{_tenant(tenant_id)}:quarantine"
+
+
+def inbox_cursor(tenant_id: str, user_id: str) -> str:
+    """The id of the last inbox entry the user's device acknowledged; a reconnect resumes after it."""
+    return f"{_tenant(tenant_id)}:inbox-cursor:{_part('user_id', user_id)}"

@@ -1,0 +1,63 @@
+"""Shared fixtures: one embedded Valkey, one MLflow store, one Ray and one Serve per session."""
+
+from __future__ import annotations
+
+import os
+
+# The tests are an entry point: nothing they start may try the network.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipeline.config import Settings
+from pipeline.redis_server import EmbeddedRedis, connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data_dir = tmp_path_factory.mktemp("pushpilot-data")
+    return Settings(data_dir=data_dir, http_port=free_port())
+
+
+@pytest.fixture(scope="session")
+def redis_server(settings: Settings) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(settings.data_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    client = connect(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def new_tenant_id() -> Callable[[str], str]:
+    """Unique tenant ids, so tests share one server without flushing each other's data."""
+
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def registry(settings: Settings):  # type: ignore[no-untyped-def]
+    from models.registry import ModelRegistry
+
+    return ModelRegistry(settings.mlflow_tracking_uri, Path(settings.mlflow_artifact_root))
