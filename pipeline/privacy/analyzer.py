@@ -1,0 +1,225 @@
+"""A Presidio analyzer that never uses the network, with our Chinese recognizers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import spacy
+import tldextract
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerRegistry,
+)
+from presidio_analyzer.nlp_engine import SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+)
+
+__all__ = [
+    "CnMobileRecognizer",
+    "CnResidentIdRecognizer",
+    "NanpPhoneRecognizer",
+    "OfflineEmailRecognizer",
+    "OfflineSpacyNlpEngine",
+    "build_analyzer",
+    "cn_resident_id_is_valid",
+]
+
+logger = logging.getLogger(__name__)
+
+# The module-level tldextract.extract fetches the public suffix list on first use;
+# this one reads only the snapshot bundled with the package.
+_OFFLINE_TLD_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+_DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
+    "en": ("en_core_web_lg", "en_core_web_md", "en_core_web_sm", "en_core_web_trf"),
+    "zh": ("zh_core_web_lg", "zh_core_web_md", "zh_core_web_sm", "zh_core_web_trf"),
+}
+_PHONE_REGIONS = ("US", "CN", "GB")  # each region is a full phonenumbers scan of the text
+_PHONE_CONTEXT = [*PhoneRecognizer.CONTEXT, "tel", "电话", "手机", "联系"]
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK_CHARS = "10X98765432"
+_has_warned_no_ner = False
+
+
+def cn_resident_id_is_valid(value: str) -> bool:
+    """Check an 18-character resident ID against its GB 11643-1999 check digit."""
+    if len(value) != 18 or not value[:17].isdigit():
+        return False
+    total = sum(int(digit) * weight for digit, weight in zip(value[:17], _ID_WEIGHTS, strict=True))
+    return _ID_CHECK_CHARS[total % 11] == value[17].upper()
+
+
+def _installed(model_name: str) -> bool:
+    return bool(spacy.util.is_package(model_name)) or Path(model_name).exists()
+
+
+class OfflineSpacyNlpEngine(SpacyNlpEngine):
+    """SpacyNlpEngine that loads installed models only and falls back to a blank pipeline."""
+
+    def load(self) -> None:
+        global _has_warned_no_ner
+        self.nlp = {}
+        blank: list[str] = []
+        for model in self.models:
+            self._validate_model_params(model)
+            lang, name = model["lang_code"], model["model_name"]
+            if name and _installed(name):
+                self.nlp[lang] = spacy.load(name)
+            else:
+                self.nlp[lang] = spacy.blank(lang)
+                blank.append(lang)
+        if blank and not _has_warned_no_ner:
+            _has_warned_no_ner = True
+            logger.warning(
+                "no spaCy NER model installed for %s; PERSON and LOCATION come from "
+                "patterns and column names only",
+                ", ".join(blank),
+            )
+
+    def has_ner(self, language: str) -> bool:
+        return self.nlp is not None and "ner" in self.nlp[language].pipe_names
+
+
+class OfflineEmailRecognizer(EmailRecognizer):
+    """Presidio's EmailRecognizer, validating the domain against the bundled suffix list."""
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return _OFFLINE_TLD_EXTRACT(pattern_text).fqdn != ""
+
+
+class CnMobileRecognizer(PatternRecognizer):
+    """Mainland-China mobile numbers, also inside Chinese prose where no word boundary exists."""
+
+    # ASCII-only lookarounds: Chinese characters count as \w, so \b would miss "电话13812345678".
+    PATTERNS = [
+        Pattern(
+            "CN mobile",
+            r"(?<![0-9A-Za-z+])(?:\+?86[ \-]?)?1[3-9]\d(?:[ \-]?\d{4}){2}(?![0-9A-Za-z])",
+            0.7,
+        )
+    ]
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entity="PHONE_NUMBER",
+            patterns=self.PATTERNS,
+            context=_PHONE_CONTEXT,
+            supported_language=supported_language,
+            name="CnMobileRecognizer",
+        )
+
+
+class NanpPhoneRecognizer(PatternRecognizer):
+    """Formatted North American numbers, whether or not the area code is assigned.
+
+    phonenumbers only reports numbers valid for their region, so "+1 723-555-7961" would pass
+    through; a privacy step must rather replace too much than too little.
+    """
+
+    PATTERNS = [
+        Pattern(
+            "NANP formatted",
+            r"(?<![0-9A-Za-z+])(?:\+?1[ .\-]?)?(?:\(\d{3}\)[ .\-]?|\d{3}[ .\-])\d{3}[ .\-]\d{4}"
+            r"(?![0-9A-Za-z])",
+            0.5,
+        ),
+        Pattern("NANP E.164", r"(?<![0-9A-Za-z+])\+1\d{10}(?![0-9A-Za-z])", 0.5),
+    ]
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entity="PHONE_NUMBER",
+            patterns=self.PATTERNS,
+            context=_PHONE_CONTEXT,
+            supported_language=supported_language,
+            name="NanpPhoneRecognizer",
+        )
+
+
+class CnResidentIdRecognizer(PatternRecognizer):
+    """18-digit resident ID numbers; only those with a valid check digit are reported."""
+
+    PATTERNS = [
+        Pattern(
+            "CN resident ID",
+            r"(?<![0-9A-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])"
+            r"(?:0[1-9]|[12]\d|3[01])\d{3}[0-9Xx](?![0-9A-Za-z])",
+            0.5,
+        )
+    ]
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entity="CN_RESIDENT_ID",
+            patterns=self.PATTERNS,
+            context=["身份证", "id", "identity"],
+            supported_language=supported_language,
+            name="CnResidentIdRecognizer",
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return cn_resident_id_is_valid(pattern_text)
+
+
+def _model_for(language: str, spacy_model: str | None, is_first: bool) -> str:
+    if spacy_model is not None and is_first:
+        return spacy_model
+    return next((m for m in _DEFAULT_MODELS.get(language, ()) if _installed(m)), "")
+
+
+def _recognizers(language: str, nlp_engine: OfflineSpacyNlpEngine) -> list[EntityRecognizer]:
+    recognizers: list[EntityRecognizer] = [
+        OfflineEmailRecognizer(supported_language=language),
+        PhoneRecognizer(
+            context=_PHONE_CONTEXT, supported_language=language, supported_regions=_PHONE_REGIONS
+        ),
+        CnMobileRecognizer(supported_language=language),
+        NanpPhoneRecognizer(supported_language=language),
+        CnResidentIdRecognizer(supported_language=language),
+        CreditCardRecognizer(supported_language=language),
+        IpRecognizer(supported_language=language),
+        IbanRecognizer(supported_language=language),
+    ]
+    if nlp_engine.has_ner(language):
+        recognizers.append(SpacyRecognizer(supported_language=language))
+    return recognizers
+
+
+@functools.lru_cache(maxsize=8)
+def build_analyzer(
+    spacy_model: str | None = None, languages: tuple[str, ...] = ("en", "zh")
+) -> AnalyzerEngine:
+    """An analyzer for `languages`; `spacy_model` (name or path) serves the first language.
+
+    Without `spacy_model`, an installed default model is used where there is one, else a blank
+    pipeline. Nothing is ever downloaded.
+    """
+    if not languages:
+        raise ValueError("languages must name at least one language, e.g. ('en',)")
+    models = [
+        {"lang_code": lang, "model_name": _model_for(lang, spacy_model, i == 0)}
+        for i, lang in enumerate(languages)
+    ]
+    nlp_engine = OfflineSpacyNlpEngine(models=models)
+    nlp_engine.load()
+    registry = RecognizerRegistry(supported_languages=list(languages))
+    for lang in languages:
+        for recognizer in _recognizers(lang, nlp_engine):
+            registry.add_recognizer(recognizer)
+    return AnalyzerEngine(
+        registry=registry,
+        nlp_engine=nlp_engine,
+        supported_languages=list(languages),
+        default_score_threshold=0.3,
+    )

@@ -1,0 +1,131 @@
+"""Find personal data inside free text and replace it per the policy."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from presidio_analyzer import AnalyzerEngine, RecognizerResult
+
+from pipeline.errors import InvalidInputError
+from pipeline.privacy.analyzer import build_analyzer
+from pipeline.privacy.operators import check_secret, location_region, pseudonym
+from pipeline.privacy.policy import PrivacyPolicy
+
+__all__ = ["anonymize_texts", "replacement"]
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def replacement(value: str, entity_type: str, operator: str, secret: bytes) -> str:
+    """What one detected span becomes under `operator`."""
+    if operator == "pseudonymize":
+        return pseudonym(value, secret, entity_type)
+    if operator == "mask":
+        return "****"
+    if operator == "keep":
+        return value
+    if operator == "generalize" and entity_type == "LOCATION":
+        return location_region(value)
+    return f"<{entity_type}>"
+
+
+_NAMED_ENTITIES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP"})
+
+
+def _trim_cjk(text: str, result: RecognizerResult) -> RecognizerResult:
+    """Cut Chinese characters off a pattern match's ends.
+
+    Presidio's e-mail pattern uses \\b, and Chinese characters are word characters, so in
+    "邮箱zw@example.cn" it would take "邮箱" as part of the address.
+    """
+    if result.entity_type in _NAMED_ENTITIES:
+        return result
+    start, end = result.start, result.end
+    while start < end and _CJK.match(text[start]):
+        start += 1
+    while end > start and _CJK.match(text[end - 1]):
+        end -= 1
+    result.start, result.end = start, end
+    return result
+
+
+def _merge_same_type(results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """Overlapping spans of one type become their union, so no piece of a number is left."""
+    merged: list[RecognizerResult] = []
+    for result in sorted(results, key=lambda r: (r.entity_type, r.start)):
+        last = merged[-1] if merged else None
+        if last is not None and last.entity_type == result.entity_type and result.start < last.end:
+            last.end = max(last.end, result.end)
+            last.score = max(last.score, result.score)
+        else:
+            merged.append(result)
+    return merged
+
+
+def _non_overlapping(results: list[RecognizerResult]) -> list[RecognizerResult]:
+    """The most confident, then longest spans, none overlapping another; left to right."""
+    kept: list[RecognizerResult] = []
+    for result in sorted(_merge_same_type(results), key=lambda r: (-r.score, r.start - r.end)):
+        if all(result.end <= k.start or result.start >= k.end for k in kept):
+            kept.append(result)
+    return sorted(kept, key=lambda r: r.start)
+
+
+def _language_for(text: str, language: str, supported: list[str]) -> str:
+    if language != "zh" and "zh" in supported and _CJK.search(text):
+        return "zh"
+    return language
+
+
+def anonymize_texts(
+    texts: Sequence[str],
+    secret: bytes,
+    policy: PrivacyPolicy,
+    analyzer: AnalyzerEngine | None = None,
+    language: str = "en",
+) -> tuple[list[str], Counter[str]]:
+    """Replace detected spans; each distinct non-empty text is analysed once.
+
+    Returns the new texts, in order, and how many spans of each entity type were replaced
+    (repeated texts count once per occurrence).
+    """
+    check_secret(secret)
+    key = bytes(secret)
+    analyzer = analyzer if analyzer is not None else build_analyzer()
+    if language not in analyzer.supported_languages:
+        raise InvalidInputError(
+            "language",
+            f"{language!r} is not analysed; use one of {', '.join(analyzer.supported_languages)}",
+        )
+    done: dict[str, tuple[str, Counter[str]]] = {}
+    out: list[str] = []
+    counts: Counter[str] = Counter()
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            out.append(text)
+            continue
+        if text not in done:
+            lang = _language_for(text, language, analyzer.supported_languages)
+            results = analyzer.analyze(text=text, language=lang)
+            spans = _non_overlapping([_trim_cjk(text, r) for r in results])
+            found: Counter[str] = Counter()
+            pieces: list[str] = []
+            end = 0
+            for span in spans:
+                operator = policy.operator_for(span.entity_type)
+                if operator == "keep":
+                    continue
+                found[span.entity_type] += 1
+                pieces += [
+                    text[end : span.start],
+                    replacement(text[span.start : span.end], span.entity_type, operator, key),
+                ]
+                end = span.end
+            pieces.append(text[end:])
+            done[text] = ("".join(pieces), found)
+        new_text, found = done[text]
+        out.append(new_text)
+        counts.update(found)
+    return out, counts
