@@ -1,0 +1,316 @@
+"""Per-tenant model registry on MLflow: log, register, promote and load champions."""
+
+from __future__ import annotations
+
+import os
+
+# MLflow 3 sends usage telemetry over the network on import; our machines may have none and
+# tenants' training must not phone home. This is the one place library code sets the
+# environment, and it must happen before mlflow is imported.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import re  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import mlflow  # noqa: E402
+import mlflow.sklearn  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.models import infer_signature  # noqa: E402
+from mlflow.protos.databricks_pb2 import (  # noqa: E402
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+
+from models.metrics import calibration_table  # noqa: E402
+
+__all__ = ["ModelVersionInfo", "ModelRegistry", "registered_name", "CHAMPION_ALIAS"]
+
+CHAMPION_ALIAS = "champion"
+
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Metrics where a smaller value is the better model; every other metric is maximised.
+_LOWER_IS_BETTER = frozenset({"brier", "log_loss"})
+_INPUT_EXAMPLE_ROWS = 5
+
+# mlflow.set_tracking_uri is process-global, so fluent calls are serialised and each one
+# sets the URI it needs; two registries in one process then never write into each other.
+_FLUENT_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    """One registered version of a tenant's model, with the metrics of the run that logged it."""
+
+    tenant_id: str
+    kind: str
+    version: int
+    run_id: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    is_champion: bool = False
+
+
+def registered_name(tenant_id: str, kind: str) -> str:
+    """MLflow registered-model name of a tenant's model of one kind."""
+    if not isinstance(tenant_id, str) or not _TENANT_ID.match(tenant_id):
+        raise ValueError(
+            f"tenant_id must match {_TENANT_ID.pattern} (lowercase letters, digits, '_', '-'), "
+            f"got {tenant_id!r}"
+        )
+    if not isinstance(kind, str) or not _KIND.match(kind):
+        raise ValueError(
+            f"kind must match {_KIND.pattern}, such as 'propensity' or 'bot', got {kind!r}"
+        )
+    return f"pushpilot.{tenant_id}.{kind}"
+
+
+def _experiment_name(tenant_id: str) -> str:
+    return f"pushpilot.{tenant_id}"
+
+
+def _is_error(exc: MlflowException, code: int) -> bool:
+    return exc.error_code == ErrorCode.Name(code)
+
+
+class ModelRegistry:
+    """Models registered per tenant in MLflow, with the alias ``champion`` marking the one
+    that serves.
+
+    Each tenant has its own experiment, ``pushpilot.<tenant_id>``, whose artifacts live
+    under ``artifact_root / <tenant_id>``, so one tenant's runs can be backed up or removed
+    as a whole.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: Path):
+        self.tracking_uri = tracking_uri
+        self.artifact_root = Path(artifact_root).resolve()
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry(tracking_uri={self.tracking_uri!r})"
+
+    def log_model(
+        self,
+        tenant_id: str,
+        kind: str,
+        model: Any,
+        *,
+        X_example: pd.DataFrame,
+        metrics: dict[str, float],
+        params: dict[str, Any],
+        y_holdout: Any = None,
+        p_holdout: Any = None,
+        primary_metric: str = "roc_auc",
+        force: bool = False,
+        champion_score: Callable[[Any], float] | None = None,
+    ) -> ModelVersionInfo:
+        """Log a fitted model as one run, register it as a new version, and maybe promote it.
+
+        The new version becomes champion when there is none yet, when ``force`` is set, or
+        when it beats the current champion on the same hold-out: ``champion_score`` gets the
+        champion model and returns its ``primary_metric`` on the hold-out behind
+        ``metrics``. Without ``champion_score`` an existing champion is kept, since metrics
+        from different hold-outs do not compare. ``X_example`` must hold only pseudonymous
+        features: its first rows are stored as the input example.
+        """
+        name = registered_name(tenant_id, kind)
+        if primary_metric not in metrics:
+            raise ValueError(
+                f"primary_metric {primary_metric!r} is not in metrics {sorted(metrics)}; "
+                "log it or choose another primary metric"
+            )
+        if not isinstance(X_example, pd.DataFrame) or X_example.empty:
+            raise ValueError("X_example must be a non-empty DataFrame of the model's features")
+        example = X_example.head(_INPUT_EXAMPLE_ROWS)
+        predict_fn = "predict_proba" if hasattr(model, "predict_proba") else "predict"
+        signature = infer_signature(example, getattr(model, predict_fn)(example))
+        experiment_id = self._experiment_id(tenant_id)
+        tags = {"tenant_id": tenant_id, "kind": kind, "primary_metric": primary_metric}
+
+        with _FLUENT_LOCK:
+            self._use_our_uris()
+            with mlflow.start_run(experiment_id=experiment_id, run_name=kind, tags=tags) as run:
+                mlflow.log_params(params)
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                if y_holdout is not None and p_holdout is not None:
+                    _log_plots(np.asarray(y_holdout), np.asarray(p_holdout))
+                model_info = mlflow.sklearn.log_model(
+                    model,
+                    name="model",
+                    serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+                    signature=signature,
+                    input_example=example,
+                    pyfunc_predict_fn=predict_fn,
+                    # Inferring requirements starts a subprocess that reloads the model,
+                    # seconds per log; loading also needs pushpilot itself, which is not on PyPI.
+                    pip_requirements=mlflow.sklearn.get_default_pip_requirements(
+                        include_cloudpickle=True
+                    ),
+                    registered_model_name=name,
+                )
+        version = int(model_info.registered_model_version)
+        for key, value in tags.items():
+            self._client.set_model_version_tag(name, str(version), key, value)
+
+        is_champion, decision = self._should_promote(
+            name, metrics[primary_metric], primary_metric, force, champion_score
+        )
+        self._client.set_model_version_tag(name, str(version), "promotion", decision)
+        if is_champion:
+            self._client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+        return ModelVersionInfo(
+            tenant_id=tenant_id,
+            kind=kind,
+            version=version,
+            run_id=run.info.run_id,
+            metrics={k: float(v) for k, v in metrics.items()},
+            is_champion=is_champion,
+        )
+
+    def _should_promote(
+        self,
+        name: str,
+        score: float,
+        primary_metric: str,
+        force: bool,
+        champion_score: Callable[[Any], float] | None,
+    ) -> tuple[bool, str]:
+        current = self._champion_version_by_name(name)
+        if current is None:
+            return True, "promoted: first champion"
+        if force:
+            return True, f"promoted: forced over champion v{current}"
+        if champion_score is None:
+            return False, f"kept champion v{current}: no champion_score to compare on"
+        champion = champion_score(self._load_version(name, current))
+        if primary_metric in _LOWER_IS_BETTER:
+            is_better = score < champion
+        else:
+            is_better = score > champion
+        verdict = "promoted" if is_better else f"kept champion v{current}"
+        return is_better, (
+            f"{verdict}: {primary_metric} {score:.6g} vs champion v{current} {champion:.6g} "
+            "on the same hold-out"
+        )
+
+    def load_champion(self, tenant_id: str, kind: str = "propensity") -> tuple[Any, int]:
+        """The tenant's champion model and its version; LookupError when there is none."""
+        name = registered_name(tenant_id, kind)
+        version = self._champion_version_by_name(name)
+        if version is None:
+            raise LookupError(
+                f"no champion {kind!r} model for tenant {tenant_id!r}; train one and "
+                "register it with ModelRegistry.log_model before scoring"
+            )
+        return self._load_version(name, version), version
+
+    def champion_version(self, tenant_id: str, kind: str = "propensity") -> int | None:
+        return self._champion_version_by_name(registered_name(tenant_id, kind))
+
+    def list_versions(self, tenant_id: str, kind: str) -> list[ModelVersionInfo]:
+        """Every registered version of the tenant's model, oldest first."""
+        name = registered_name(tenant_id, kind)
+        champion = self._champion_version_by_name(name)
+        versions = self._client.search_model_versions(filter_string=f"name = '{name}'")
+        infos = []
+        for mv in versions:
+            metrics = self._client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+            infos.append(
+                ModelVersionInfo(
+                    tenant_id=tenant_id,
+                    kind=kind,
+                    version=int(mv.version),
+                    run_id=mv.run_id or "",
+                    metrics={k: float(v) for k, v in metrics.items()},
+                    is_champion=int(mv.version) == champion,
+                )
+            )
+        return sorted(infos, key=lambda info: info.version)
+
+    def promote(self, tenant_id: str, kind: str, version: int) -> None:
+        """Make ``version`` the champion, whatever its metrics; LookupError if it does not exist."""
+        name = registered_name(tenant_id, kind)
+        try:
+            self._client.get_model_version(name, str(version))
+        except MlflowException as e:
+            if not _is_error(e, RESOURCE_DOES_NOT_EXIST):
+                raise
+            raise LookupError(
+                f"tenant {tenant_id!r} has no {kind!r} model version {version}; "
+                "see list_versions for the registered ones"
+            ) from e
+        self._client.set_model_version_tag(name, str(version), "promotion", "promoted: by hand")
+        self._client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+
+    def _champion_version_by_name(self, name: str) -> int | None:
+        # The registered model's alias map, rather than get_model_version_by_alias, whose
+        # error for a missing alias differs between the SQL store and a tracking server.
+        try:
+            registered = self._client.get_registered_model(name)
+        except MlflowException as e:
+            if not _is_error(e, RESOURCE_DOES_NOT_EXIST):
+                raise
+            return None
+        version = registered.aliases.get(CHAMPION_ALIAS)
+        return None if version is None else int(version)
+
+    def _load_version(self, name: str, version: int) -> Any:
+        with _FLUENT_LOCK:
+            self._use_our_uris()
+            return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+    def _experiment_id(self, tenant_id: str) -> str:
+        experiment_name = _experiment_name(tenant_id)
+        experiment = self._client.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = (self.artifact_root / tenant_id).as_uri()
+        try:
+            return str(self._client.create_experiment(experiment_name, location))
+        except MlflowException as e:
+            if not _is_error(e, RESOURCE_ALREADY_EXISTS):  # another trainer created it first
+                raise
+            experiment = self._client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    def _use_our_uris(self) -> None:
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
+
+def _log_plots(y: np.ndarray[Any, Any], p: np.ndarray[Any, Any]) -> None:
+    """Log ROC and calibration plots of the hold-out to the active run, if matplotlib exists."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # matplotlib comes with the test and notebook extras only
+        return
+    from sklearn.metrics import roc_curve
+
+    scores = p[:, -1] if p.ndim == 2 else p
+    fpr, tpr, _ = roc_curve(y, scores)
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    ax.legend(loc="lower right")
+    mlflow.log_figure(fig, "plots/roc.png")
+
+    table = calibration_table(y, scores)
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.plot(table["mean_predicted"], table["observed_rate"], marker="o", label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    ax.set(xlabel="mean predicted", ylabel="observed rate", title="Calibration")
+    ax.legend(loc="upper left")
+    mlflow.log_figure(fig, "plots/calibration.png")

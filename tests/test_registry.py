@@ -1,0 +1,174 @@
+"""Behaviour of the per-tenant MLflow registry, on a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.anomaly import BotDetector
+from models.metrics import roc_auc
+from models.propensity import PropensityModel
+from models.registry import ModelRegistry, ModelVersionInfo, registered_name
+
+
+def _features(seed: int, n_users: int = 600) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(
+        {
+            "sessions_7d": rng.poisson(3, n_users).astype(float),
+            "days_since_last_event": rng.exponential(10, n_users),
+        }
+    )
+    logit = -1.5 + 0.7 * X["sessions_7d"] - 0.2 * X["days_since_last_event"]
+    y = (rng.random(n_users) < 1 / (1 + np.exp(-logit))).astype(int).to_numpy()
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, tuple[pd.DataFrame, np.ndarray]]:
+    X, y = _features(seed=0)
+    return {"train": (X.iloc[:400], y[:400]), "holdout": (X.iloc[400:], y[400:])}
+
+
+@pytest.fixture(scope="module")
+def good_model(data) -> PropensityModel:
+    return PropensityModel(max_iter=50, random_state=0, n_threads=1).fit(*data["train"])
+
+
+@pytest.fixture(scope="module")
+def bad_model(data) -> PropensityModel:
+    X, y = data["train"]
+    shuffled = np.random.default_rng(9).permutation(y)  # labels unrelated to the features
+    return PropensityModel(max_iter=50, random_state=0, n_threads=1).fit(X, shuffled)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="module")
+def registry(store) -> ModelRegistry:
+    return ModelRegistry(f"sqlite:///{store}/mlflow.db", store / "artifacts")
+
+
+def _log(registry, tenant_id, model, data, **kwargs) -> ModelVersionInfo:
+    X, y = data["holdout"]
+    p = model.predict_proba(X)[:, 1]
+    return registry.log_model(
+        tenant_id,
+        "propensity",
+        model,
+        X_example=X,
+        metrics={"roc_auc": roc_auc(y, p)},
+        params=model.get_params(),
+        y_holdout=y,
+        p_holdout=p,
+        champion_score=lambda champion: roc_auc(y, champion.predict_proba(X)[:, 1]),
+        **kwargs,
+    )
+
+
+def test_registered_name_is_per_tenant_and_kind():
+    assert registered_name("shop-1", "propensity") == "pushpilot.shop-1.propensity"
+    with pytest.raises(ValueError, match="tenant_id"):
+        registered_name("Shop:1", "propensity")
+
+
+def test_first_version_becomes_champion_and_a_worse_one_does_not(
+    registry, data, good_model, bad_model
+):
+    first = _log(registry, "acme", good_model, data)
+    challenger = _log(registry, "acme", bad_model, data)
+
+    assert first.is_champion and first.version == 1
+    assert not challenger.is_champion and challenger.version == 2
+    assert registry.champion_version("acme") == 1
+    versions = registry.list_versions("acme", "propensity")
+    assert [(v.version, v.is_champion) for v in versions] == [(1, True), (2, False)]
+    assert versions[0].metrics["roc_auc"] > versions[1].metrics["roc_auc"]
+
+
+def test_a_better_challenger_is_promoted(registry, data, good_model, bad_model):
+    _log(registry, "better", bad_model, data)
+
+    challenger = _log(registry, "better", good_model, data)
+
+    assert challenger.is_champion
+    assert registry.champion_version("better") == challenger.version
+
+
+def test_force_and_promote_override_the_comparison(registry, data, good_model, bad_model):
+    _log(registry, "forced", good_model, data)
+
+    forced = _log(registry, "forced", bad_model, data, force=True)
+    assert forced.is_champion and registry.champion_version("forced") == forced.version
+
+    registry.promote("forced", "propensity", 1)
+    assert registry.champion_version("forced") == 1
+    with pytest.raises(LookupError, match="no 'propensity' model version 99"):
+        registry.promote("forced", "propensity", 99)
+
+
+def test_load_champion_returns_a_model_that_predicts(registry, data, good_model):
+    logged = _log(registry, "loads", good_model, data)
+    X, _ = data["holdout"]
+
+    model, version = registry.load_champion("loads")
+
+    assert version == logged.version
+    np.testing.assert_allclose(model.predict_proba(X), good_model.predict_proba(X))
+
+
+def test_tenants_never_see_each_others_models(registry, data, good_model, bad_model):
+    _log(registry, "tenant-a", good_model, data)
+
+    assert registry.champion_version("tenant-b") is None
+    with pytest.raises(LookupError, match="no champion 'propensity' model for tenant 'tenant-b'"):
+        registry.load_champion("tenant-b")
+
+    b = _log(registry, "tenant-b", bad_model, data)
+    assert b.is_champion  # B's first model, whatever A's champion scores
+    X, _ = data["holdout"]
+    model_b, _ = registry.load_champion("tenant-b")
+    np.testing.assert_allclose(model_b.predict_proba(X), bad_model.predict_proba(X))
+    assert [v.version for v in registry.list_versions("tenant-a", "propensity")] == [1]
+
+
+def test_artifacts_land_under_the_artifact_root_not_the_working_directory(
+    registry, store, data, good_model, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+
+    info = _log(registry, "files", good_model, data)
+
+    assert not (tmp_path / "mlruns").exists()
+    assert list(tmp_path.iterdir()) == []
+    tenant_files = {p.name for p in (store / "artifacts" / "files").rglob("*") if p.is_file()}
+    assert {"MLmodel", "model.pkl", "roc.png", "calibration.png"} <= tenant_files
+    assert info.run_id
+
+
+def test_each_kind_has_its_own_champion(registry, data, good_model):
+    X, _ = data["train"]
+    detector = BotDetector(n_estimators=20, random_state=0).fit(X)
+    _log(registry, "kinds", good_model, data)
+
+    bot = registry.log_model(
+        "kinds",
+        "bot",
+        detector,
+        X_example=X,
+        metrics={"flagged_share": 0.02},
+        params=detector.get_params(),
+        primary_metric="flagged_share",
+    )
+
+    assert bot.is_champion
+    assert registry.champion_version("kinds", "propensity") == 1
+    loaded, version = registry.load_champion("kinds", "bot")
+    assert version == 1
+    np.testing.assert_array_equal(loaded.predict(X), detector.predict(X))
