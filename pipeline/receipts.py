@@ -1,0 +1,170 @@
+"""Push status records: each push's trail of statuses, and per-tenant counters.
+
+A push's record is one hash, ``keys.push_status(tenant, push)``, that expires after a retention
+period. Besides a few attributes (``user_id``, ``lane``, ``inbox_id``, ``tries``...) it holds one
+field per status reached, ``trail:<status>`` = ``<seq>|<at>|<json of extra fields>``; ``n`` counts
+them, so the trail reads back in the order it was written. Marking a status is idempotent: the
+first mark of (push, status) records it and bumps ``keys.status_counts(tenant)``, later ones do
+nothing. The enqueue and delivery scripts write the record in the same Lua call as the outbox or
+inbox entry it describes (the delivery script inlines ``mark`` on its hot path), so a status never
+disagrees with the streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from pipeline import keys
+from pipeline.errors import InvalidInputError
+
+__all__ = [
+    "STATUSES",
+    "DEFAULT_RETENTION_SECONDS",
+    "StatusScript",
+    "run_scripts",
+    "mark",
+    "status_trail",
+    "status_counts",
+]
+
+STATUSES = ("queued", "sent", "delivered", "acked", "opened", "suppressed", "failed", "dead")
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+
+_MARK_LUA = """
+local function mark(status_key, counts_key, status, now, extra)
+  local field = 'trail:' .. status
+  if redis.call('HEXISTS', status_key, field) == 1 then return 0 end
+  local n = redis.call('HINCRBY', status_key, 'n', 1)
+  redis.call('HSET', status_key, field, n .. '|' .. now .. '|' .. extra, 'status', status)
+  redis.call('HINCRBY', counts_key, status, 1)
+  return 1
+end
+-- Only ever lengthens the retention: a record without a TTL gets one.
+local function retain(status_key, seconds)
+  if redis.call('TTL', status_key) < tonumber(seconds) then
+    redis.call('EXPIRE', status_key, seconds)
+  end
+end
+"""
+
+
+@dataclass(frozen=True)
+class StatusScript:
+    """A Lua script that may call ``mark`` and ``retain`` on status records."""
+
+    body: str
+    source: str = field(init=False)
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass, so use object.__setattr__; computed once, used on every call.
+        source = _MARK_LUA + self.body
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "sha", hashlib.sha1(source.encode()).hexdigest())
+
+
+ScriptCall = tuple[StatusScript, Sequence[str], Sequence[str | int | float]]
+
+
+def run_scripts(r: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run script calls in one pipeline (EVALSHA); errors come back in place of results.
+
+    A call that met NOSCRIPT did not run, so after loading the script it is simply sent again.
+    """
+    if not calls:
+        return []
+    results = _evalsha_pipeline(r, calls)
+    missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
+    if missing:
+        for script in {calls[i][0] for i in missing}:
+            r.script_load(script.source)
+        retried = _evalsha_pipeline(r, [calls[i] for i in missing])
+        for i, res in zip(missing, retried, strict=True):
+            results[i] = res
+    return results
+
+
+def _evalsha_pipeline(r: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    pipe = r.pipeline(transaction=False)
+    for script, script_keys, args in calls:
+        pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+    return list(pipe.execute(raise_on_error=False))
+
+
+_MARK_SCRIPT = StatusScript("""
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local marked = mark(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4])
+retain(KEYS[1], ARGV[3])
+return marked
+""")
+
+
+def mark(
+    r: redis.Redis,
+    tenant_id: str,
+    push_id: str,
+    status: str,
+    *,
+    at: float | None = None,
+    retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+    **fields: str,
+) -> bool:
+    """Append a status to the push's trail; False if it was there already or the push is unknown."""
+    if status not in STATUSES:
+        raise InvalidInputError("status", f"must be one of {STATUSES}, got {status!r}")
+    reserved = {"status", "at"} & fields.keys()
+    if reserved:
+        raise InvalidInputError("fields", f"{sorted(reserved)} are set by mark itself")
+    status_key = _status_key(tenant_id, push_id)
+    at = time.time() if at is None else at
+    extra = json.dumps(fields, separators=(",", ":")) if fields else ""
+    (result,) = run_scripts(
+        r,
+        [(_MARK_SCRIPT, [status_key, keys.status_counts(tenant_id)],
+          [status, repr(at), retention_seconds, extra])],
+    )
+    if isinstance(result, Exception):
+        raise result
+    return bool(result == 1)
+
+
+def status_trail(r: redis.Redis, tenant_id: str, push_id: str) -> list[dict[str, Any]] | None:
+    """``[{"status": ..., "at": epoch_s, ...}]``, oldest first; None if unknown to the tenant."""
+    record = r.hgetall(_status_key(tenant_id, push_id))
+    if not record:
+        return None
+    trail = []
+    for name, value in record.items():
+        if not name.startswith("trail:"):
+            continue
+        seq, at, extra = value.split("|", 2)
+        entry: dict[str, Any] = {"status": name.removeprefix("trail:"), "at": float(at)}
+        if extra:
+            entry.update(json.loads(extra))
+        trail.append((int(seq), entry))
+    return [entry for _, entry in sorted(trail, key=lambda pair: pair[0])]
+
+
+def status_counts(r: redis.Redis, tenant_id: str) -> dict[str, int]:
+    """How many of the tenant's pushes reached each status (every status present, 0 if none)."""
+    counts = r.hgetall(keys.status_counts(tenant_id))
+    return {status: int(counts.get(status, 0)) for status in STATUSES}
+
+
+def _status_key(tenant_id: str, push_id: str) -> str:
+    try:
+        keys.validate_tenant_id(tenant_id)
+    except ValueError as e:
+        raise InvalidInputError("tenant_id", str(e)) from None
+    try:
+        return keys.push_status(tenant_id, push_id)
+    except ValueError as e:
+        raise InvalidInputError("push_id", str(e)) from None

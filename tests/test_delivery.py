@@ -1,0 +1,336 @@
+"""The delivery tier against a real Valkey: outbox, workers, inboxes, receipts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from pipeline import keys
+from pipeline.delivery import GROUP, DeliveryWorker
+from pipeline.errors import InvalidInputError
+from pipeline.outbox import MAX_PAYLOAD_BYTES, Push, enqueue, make_push_id
+from pipeline.receipts import mark, status_counts, status_trail
+from pipeline.redis_server import EmbeddedRedis, connect
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("valkey")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def r(redis_url):
+    client = connect(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def pushes(tenant_id: str, n: int, *, users: int = 1, prefix: str = "p", **kw) -> list[Push]:
+    return [
+        Push(tenant_id=tenant_id, push_id=f"{prefix}{i}", user_id=f"u{i % users}",
+             title=f"t{i}", body=f"b{i}", **kw)
+        for i in range(n)
+    ]
+
+
+def drain(worker: DeliveryWorker) -> int:
+    total = 0
+    while handled := worker.deliver_once():
+        total += handled
+    return total
+
+
+def inbox_push_ids(r: redis.Redis, tenant_id: str, user_id: str) -> list[str]:
+    return [fields["push_id"] for _, fields in r.xrange(keys.inbox_stream(tenant_id, user_id))]
+
+
+def pending(r: redis.Redis, tenant_id: str, lane: str = "marketing") -> int:
+    return int(r.xpending(keys.outbox_stream(tenant_id, lane), GROUP)["pending"])
+
+
+def snapshot(r: redis.Redis, tenant_id: str) -> dict[str, bytes]:
+    raw = redis.Redis.from_url(_url(r))  # DUMP payloads are bytes, so no decoding here
+    dumps = {k.decode(): raw.dump(k) for k in raw.scan_iter(match=keys.tenant_pattern(tenant_id))}
+    raw.close()
+    return dumps
+
+
+def _url(r: redis.Redis) -> str:
+    kw = r.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+
+
+def test_make_push_id_is_deterministic_and_separates_parts():
+    assert make_push_id("c1", "u1") == make_push_id("c1", "u1")
+    assert len(make_push_id("c1", "u1")) == 24
+    assert make_push_id("c1", "u1") != make_push_id("c1u", "1")
+
+
+def test_enqueue_twice_adds_one_outbox_entry_and_reports_the_duplicate(r):
+    push = Push(tenant_id="a", push_id="p1", user_id="u1", title="hi")
+    first = enqueue(r, [push])
+    second = enqueue(r, [push])
+    assert (first.accepted, first.duplicates) == (["p1"], [])
+    assert (second.accepted, second.duplicates) == ([], ["p1"])
+    assert r.xlen(keys.outbox_stream("a", "marketing")) == 1
+    assert [e["status"] for e in status_trail(r, "a", "p1")] == ["queued"]
+    assert status_counts(r, "a")["queued"] == 1
+
+
+def test_a_repeated_id_within_one_call_is_a_duplicate(r):
+    result = enqueue(r, pushes("a", 3) + pushes("a", 1), batch_size=2)
+    assert result.accepted == ["p0", "p1", "p2"]
+    assert result.duplicates == ["p0"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"lane": "urgent"}, "lane"),
+        ({"tenant_id": "Bad:Tenant"}, "tenant_id"),
+        ({"channel": "carrier-pigeon"}, "channel"),
+        ({"body": "x" * MAX_PAYLOAD_BYTES}, "body"),
+        ({"data": {"k": "v" * MAX_PAYLOAD_BYTES}}, "body"),
+        ({"user_id": ""}, "user_id"),
+        ({"push_id": "a{b}"}, "push_id"),
+    ],
+)
+def test_invalid_input_raises_naming_the_field_and_enqueues_nothing(r, bad, field):
+    good = Push(tenant_id="a", push_id="ok", user_id="u1")
+    wrong = Push(**{"tenant_id": "a", "push_id": "p", "user_id": "u1", **bad})
+    with pytest.raises(InvalidInputError) as info:
+        enqueue(r, [good, wrong])
+    assert info.value.field == field
+    assert r.dbsize() == 0
+
+
+def test_worker_delivers_every_push_once_into_its_users_inbox_and_announces_it(r):
+    pubsub = r.pubsub()
+    pubsub.subscribe(keys.inbox_channel("a"))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    enqueue(r, pushes("a", 30, users=3, data={"deep_link": "app://x"}, campaign_id="c1"))
+
+    assert drain(DeliveryWorker(r, ["a"], consumer="w1")) == 30
+
+    for u in range(3):
+        assert inbox_push_ids(r, "a", f"u{u}") == [f"p{i}" for i in range(u, 30, 3)]
+    _, fields = r.xrange(keys.inbox_stream("a", "u0"), count=1)[0]
+    assert fields["title"] == "t0" and fields["data"] == '{"deep_link":"app://x"}'
+    assert fields["campaign_id"] == "c1" and float(fields["enqueued_at"]) > 0
+    trail = status_trail(r, "a", "p4")
+    assert [e["status"] for e in trail] == ["queued", "delivered"]
+    assert trail[0]["at"] <= trail[1]["at"]
+    assert trail[1]["inbox_id"] == r.xrange(keys.inbox_stream("a", "u1"))[1][0]
+    counts = status_counts(r, "a")
+    assert (counts["queued"], counts["delivered"], counts["dead"]) == (30, 30, 0)
+    assert r.xlen(keys.outbox_stream("a", "marketing")) == 0
+    assert pending(r, "a") == 0
+    announced = []
+    while (message := pubsub.get_message(timeout=1)) is not None:
+        announced.append(message["data"])
+    assert set(announced) == {"u0", "u1", "u2"}
+    pubsub.close()
+
+
+def _read_as_dead_worker(r: redis.Redis, tenant_id: str) -> int:
+    stream = keys.outbox_stream(tenant_id, "marketing")
+    r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    [[_, entries]] = r.xreadgroup(GROUP, "dead", {stream: ">"}, count=100)
+    return len(entries)
+
+
+def test_entries_of_a_dead_worker_are_claimed_and_delivered_exactly_once(r):
+    enqueue(r, pushes("a", 10, users=2))
+    assert _read_as_dead_worker(r, "a") == 10
+    live = DeliveryWorker(r, ["a"], consumer="live", claim_idle_ms=0)
+
+    assert drain(live) == 10
+
+    assert sorted(inbox_push_ids(r, "a", "u0") + inbox_push_ids(r, "a", "u1")) == sorted(
+        f"p{i}" for i in range(10)
+    )
+    assert pending(r, "a") == 0
+    assert status_counts(r, "a")["delivered"] == 10
+
+
+def test_a_claimed_entry_already_in_the_inbox_is_only_acked(r):
+    enqueue(r, pushes("a", 10, users=2))
+    dead = DeliveryWorker(r, ["a"], consumer="dead")
+    dead._is_acking = False  # it wrote the inboxes, then died before XACK
+    assert dead.deliver_once() == 10
+    assert pending(r, "a") == 10
+    live = DeliveryWorker(r, ["a"], consumer="live", claim_idle_ms=0)
+
+    assert drain(live) == 10
+
+    assert inbox_push_ids(r, "a", "u0") == [f"p{i}" for i in range(0, 10, 2)]
+    assert inbox_push_ids(r, "a", "u1") == [f"p{i}" for i in range(1, 10, 2)]
+    assert pending(r, "a") == 0
+    assert [e["status"] for e in status_trail(r, "a", "p3")] == ["queued", "delivered"]
+    assert status_counts(r, "a")["delivered"] == 10
+
+
+def test_a_tenants_worker_never_writes_another_tenants_keys(r):
+    enqueue(r, pushes("a", 20, users=2) + pushes("b", 20, users=2))
+    b_before = snapshot(r, "b")
+    all_before = set(r.keys("*"))
+
+    assert drain(DeliveryWorker(r, ["a"], consumer="w1", claim_idle_ms=0)) == 20
+
+    assert snapshot(r, "b") == b_before
+    assert all(k.startswith(keys.tenant_prefix("a")) for k in set(r.keys("*")) - all_before)
+    assert status_trail(r, "a", "p1") is not None
+    assert status_trail(r, "b", "p1")[-1]["status"] == "queued"
+    enqueue(r, [Push(tenant_id="a", push_id="only-a", user_id="u0")])
+    assert status_trail(r, "b", "only-a") is None
+
+
+def test_one_pass_serves_a_small_tenant_behind_a_big_backlog(r):
+    enqueue(r, pushes("big", 5000, users=50) + pushes("small", 10, users=2), batch_size=1000)
+    worker = DeliveryWorker(r, ["big", "small"], consumer="w1", batch=500)
+
+    assert worker.deliver_once() == 510
+
+    assert len(inbox_push_ids(r, "small", "u0") + inbox_push_ids(r, "small", "u1")) == 10
+    assert status_counts(r, "big")["delivered"] == 500
+
+
+def test_transactional_lane_is_delivered_before_marketing(r):
+    enqueue(r, pushes("a", 5, prefix="m") + pushes("a", 5, prefix="t", lane="transactional"))
+
+    assert DeliveryWorker(r, ["a"], consumer="w1").deliver_once() == 10
+
+    assert inbox_push_ids(r, "a", "u0") == [f"t{i}" for i in range(5)] + [f"m{i}" for i in range(5)]
+
+
+def test_a_push_with_no_sender_is_dead_lettered_after_max_tries_with_the_reason(r):
+    enqueue(r, pushes("a", 1, channel="webhook"))
+    worker = DeliveryWorker(r, ["a"], consumer="w1", claim_idle_ms=0, max_tries=3,
+                            retry_base_ms=0)
+
+    assert [worker.deliver_once() for _ in range(4)] == [1, 1, 1, 0]
+
+    [(_, letter)] = r.xrange(keys.dead_letter_stream("a"))
+    assert letter["push_id"] == "p0" and letter["tries"] == "3"
+    assert "webhook" in letter["reason"]
+    trail = status_trail(r, "a", "p0")
+    assert [e["status"] for e in trail] == ["queued", "dead"]
+    assert trail[-1]["tries"] == 3 and "webhook" in trail[-1]["reason"]
+    assert status_counts(r, "a")["dead"] == 1
+    assert pending(r, "a") == 0
+
+
+def test_a_failed_push_waits_out_its_backoff_before_the_next_try(r):
+    enqueue(r, pushes("a", 1, channel="webhook"))
+    worker = DeliveryWorker(r, ["a"], consumer="w1", claim_idle_ms=0, retry_base_ms=60_000)
+
+    assert worker.deliver_once() == 1
+    assert worker.deliver_once() == 0
+
+    assert r.hget(keys.push_status("a", "p0"), "tries") == "1"
+    assert pending(r, "a") == 1
+
+
+def test_a_malformed_outbox_entry_is_dead_lettered_at_once(r):
+    stream = keys.outbox_stream("a", "marketing")
+    r.xadd(stream, {"user_id": "u1", "channel": "inbox"})
+
+    assert DeliveryWorker(r, ["a"], consumer="w1").deliver_once() == 1
+
+    [(_, letter)] = r.xrange(keys.dead_letter_stream("a"))
+    assert "malformed" in letter["reason"] and "push_id" in letter["reason"]
+    assert pending(r, "a") == 0
+
+
+def test_one_undeliverable_push_does_not_hold_back_the_others(r):
+    enqueue(r, pushes("a", 10, users=5))
+    r.set(keys.inbox_stream("a", "u3"), "not a stream")  # a key some bug clobbered
+
+    assert DeliveryWorker(r, ["a"], consumer="w1").deliver_once() == 8
+
+    assert inbox_push_ids(r, "a", "u0") == ["p0", "p5"]
+    assert pending(r, "a") == 2
+    assert status_trail(r, "a", "p3")[-1]["status"] == "queued"
+
+
+def test_inbox_is_bounded_by_inbox_max_len(r):
+    enqueue(r, pushes("a", 1000), batch_size=1000)
+
+    assert drain(DeliveryWorker(r, ["a"], consumer="w1", inbox_max_len=100)) == 1000
+
+    inbox = inbox_push_ids(r, "a", "u0")
+    # MAXLEN ~ trims whole stream nodes (100 entries each by default), so a little slack.
+    assert 100 <= len(inbox) < 200
+    assert inbox[-1] == "p999"
+
+
+def test_mark_appends_each_status_once_and_counts_it(r):
+    enqueue(r, pushes("a", 1))
+    drain(DeliveryWorker(r, ["a"], consumer="w1"))
+
+    assert mark(r, "a", "p0", "acked", device="d1") is True
+    assert mark(r, "a", "p0", "acked", device="d2") is False
+
+    trail = status_trail(r, "a", "p0")
+    assert [e["status"] for e in trail] == ["queued", "delivered", "acked"]
+    assert trail[-1]["device"] == "d1"
+    assert status_counts(r, "a")["acked"] == 1
+    assert mark(r, "a", "nope", "acked") is False
+    assert status_trail(r, "a", "nope") is None
+    with pytest.raises(InvalidInputError):
+        mark(r, "a", "p0", "teleported")
+
+
+def test_status_records_expire_after_the_retention_period(r):
+    enqueue(r, pushes("a", 1), retention_seconds=100)
+    assert 0 < r.ttl(keys.push_status("a", "p0")) <= 100
+
+    drain(DeliveryWorker(r, ["a"], consumer="w1", retention_seconds=5000))
+    assert 0 < r.ttl(keys.push_status("a", "p0")) <= 100  # retention counts from enqueue
+
+    mark(r, "a", "p0", "acked", retention_seconds=5000)
+    assert 100 < r.ttl(keys.push_status("a", "p0")) <= 5000  # a mark only ever lengthens it
+
+
+def test_a_push_whose_record_expired_before_delivery_gets_a_new_one(r):
+    enqueue(r, pushes("a", 1))
+    r.delete(keys.push_status("a", "p0"))
+
+    drain(DeliveryWorker(r, ["a"], consumer="w1", retention_seconds=5000))
+
+    assert [e["status"] for e in status_trail(r, "a", "p0")] == ["delivered"]
+    assert 0 < r.ttl(keys.push_status("a", "p0")) <= 5000
+    assert inbox_push_ids(r, "a", "u0") == ["p0"]
+
+
+def test_scripts_are_loaded_again_after_a_script_flush(r):
+    enqueue(r, pushes("a", 2))
+    r.script_flush()
+
+    assert enqueue(r, pushes("a", 3)).accepted == ["p2"]
+    r.script_flush()
+    assert drain(DeliveryWorker(r, ["a"], consumer="w1")) == 3
+
+
+def test_run_delivers_until_stopped(r):
+    pubsub = r.pubsub()
+    pubsub.subscribe(keys.inbox_channel("a"))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    stop = threading.Event()
+    worker = DeliveryWorker(connect(_url(r)), lambda: ["a"], consumer="w1")
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 50})
+    thread.start()
+    try:
+        enqueue(r, pushes("a", 1, lane="transactional"))
+        message = pubsub.get_message(timeout=10)
+        assert message is not None and message["data"] == "u0"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pubsub.close()
+    assert not thread.is_alive()
+    assert inbox_push_ids(r, "a", "u0") == ["p0"]
