@@ -1,0 +1,272 @@
+"""The HTTP API and the realtime gateway: one FastAPI ingress deployment on Ray Serve."""
+
+# No `from __future__ import annotations` here: FastAPI must see real types on the routes
+# that Ray Serve copies onto its ingress class, or bodies and headers turn into query params.
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Annotated, Any, Literal
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, Header, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+
+from pipeline import keys, outbox, receipts, tenants
+from pipeline.errors import AuthError, InvalidInputError
+from pipeline.featurestore import load_features, load_profile
+from pipeline.redis_server import connect
+from serving.args import ServingArgs
+
+__all__ = ["Api", "app"]
+
+log = logging.getLogger("pushpilot.api")
+
+app = FastAPI(
+    title="pushpilot",
+    version="0.1.0",
+    description="Multi-tenant targeting and push: ingest, score, send, follow.",
+)
+
+_USER_ID = r"^[A-Za-z0-9_.:@-]{1,128}$"
+
+
+def _problem(status: int, title: str, detail: Any = None, **extra: Any) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extra)
+    headers = {"Retry-After": str(extra["retry_after"])} if "retry_after" in extra else None
+    return JSONResponse(body, status_code=status, media_type="application/problem+json",
+                        headers=headers)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+              413: "Payload Too Large", 429: "Too Many Requests"}
+    return _problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "problem": e["msg"]}
+        for e in exc.errors()
+    ]
+    return _problem(422, "Unprocessable Content", "the request body is invalid", errors=errors)
+
+
+@app.exception_handler(InvalidInputError)
+async def _invalid_input(request: Request, exc: InvalidInputError) -> JSONResponse:
+    return _problem(422, "Unprocessable Content", str(exc),
+                    errors=[{"field": exc.field, "problem": exc.problem}])
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_ids: list[Annotated[str, Field(pattern=_USER_ID)]] = Field(min_length=1, max_length=1000)
+
+
+class ScoreItem(BaseModel):
+    user_id: str
+    score: float
+
+
+class ScoreResponse(BaseModel):
+    model_version: int
+    scores: list[ScoreItem]
+
+
+class PushRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_ids: list[Annotated[str, Field(pattern=_USER_ID)]] = Field(min_length=1, max_length=1000)
+    lane: Literal["transactional", "marketing"] = "transactional"
+    channel: Literal["inbox"] = "inbox"
+    title: str = Field(default="", max_length=256)
+    body: str = Field(max_length=2048)
+    data: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class PushResponse(BaseModel):
+    push_ids: list[str]
+    duplicates: list[str]
+
+
+def _not_found(what: str) -> HTTPException:
+    # The same answer whether the thing is another tenant's or does not exist at all.
+    return HTTPException(404, f"{what} not found")
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=200,
+    health_check_period_s=10,
+)
+@serve.ingress(app)
+class Api:
+    def __init__(self, args: ServingArgs, scorer: DeploymentHandle):
+        self._args = args
+        self._scorer = scorer
+        self._r = connect(args.redis_url, max_connections=256)
+        self._ar = aioredis.Redis.from_url(args.redis_url, decode_responses=True,
+                                           max_connections=20_000)
+
+    def _auth(self, authorization: str | None, scope: str) -> tenants.ApiKey:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(401, "send 'Authorization: Bearer <api key>'")
+        try:
+            key = tenants.authenticate(self._r, authorization.removeprefix("Bearer ").strip())
+        except AuthError as e:
+            raise HTTPException(401, str(e)) from None
+        if scope not in key.scopes and "admin" not in key.scopes:
+            raise HTTPException(403, f"this key lacks the {scope!r} scope")
+        return key
+
+    @app.get("/healthz")
+    def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(self) -> JSONResponse:
+        try:
+            self._r.ping()
+        except redis.RedisError as e:
+            return _problem(503, "Service Unavailable", f"redis unreachable: {type(e).__name__}")
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/v1/tenants/me")
+    def tenant_me(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "score")
+        tenant = tenants.get_tenant(self._r, key.tenant_id)
+        return {
+            "tenant_id": tenant.tenant_id,
+            "plan": tenant.plan.__dict__,
+            "key_scopes": list(key.scopes),
+            "pushes": receipts.status_counts(self._r, key.tenant_id),
+        }
+
+    @app.get("/v1/tenants/{tenant_id}")
+    def tenant(self, tenant_id: str,
+               authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "score")
+        if tenant_id != key.tenant_id:
+            raise _not_found("tenant")
+        return self.tenant_me(authorization)
+
+    @app.get("/v1/users/{user_id}")
+    def user(self, user_id: str,
+             authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "score")
+        profile = load_profile(self._r, key.tenant_id, user_id)
+        features = load_features(self._r, key.tenant_id, [user_id])
+        if profile is None and features.empty:
+            raise _not_found("user")
+        return {
+            "user_id": user_id,
+            "profile": profile or {},
+            "features": {} if features.empty else features.iloc[0].to_dict(),
+        }
+
+    @app.post("/v1/score", response_model=ScoreResponse)
+    def score(self, request: ScoreRequest,
+              authorization: Annotated[str | None, Header()] = None) -> ScoreResponse:
+        key = self._auth(authorization, "score")
+        features = load_features(self._r, key.tenant_id, request.user_ids)
+        missing = [u for u in request.user_ids if u not in features.index]
+        if missing:
+            raise HTTPException(404, f"users not found: {missing[:20]}")
+        try:
+            result = self._scorer.options(multiplexed_model_id=key.tenant_id).score.remote(
+                features
+            ).result()
+        except Exception as e:  # noqa: BLE001 - Ray wraps the replica's error; we name it.
+            if "LookupError" in repr(e) or "no " in str(e) and "champion" in str(e):
+                raise HTTPException(404, "no champion model for this tenant; train one first") from None
+            raise
+        return ScoreResponse(
+            model_version=result["model_version"],
+            scores=[ScoreItem(user_id=u, score=s)
+                    for u, s in zip(features.index, result["scores"], strict=True)],
+        )
+
+    @app.post("/v1/pushes", response_model=PushResponse, status_code=202)
+    def send_pushes(self, request: PushRequest,
+                    authorization: Annotated[str | None, Header()] = None) -> PushResponse:
+        key = self._auth(authorization, "push:send")
+        base = request.idempotency_key or uuid.uuid4().hex
+        pushes = [
+            outbox.Push(
+                tenant_id=key.tenant_id,
+                push_id=outbox.make_push_id(key.tenant_id, base, user_id),
+                user_id=user_id, lane=request.lane, channel=request.channel,
+                title=request.title, body=request.body, data=request.data,
+            )
+            for user_id in request.user_ids
+        ]
+        result = outbox.enqueue(self._r, pushes)
+        return PushResponse(push_ids=[p.push_id for p in pushes], duplicates=result.duplicates)
+
+    @app.get("/v1/pushes/{push_id}")
+    def push_status(self, push_id: str,
+                    authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "push:send")
+        try:
+            trail = receipts.status_trail(self._r, key.tenant_id, push_id)
+        except ValueError:
+            trail = None
+        if trail is None:
+            raise _not_found("push")
+        return {"push_id": push_id, "status": trail[-1]["status"], "trail": trail}
+
+    @app.websocket("/v1/inbox")
+    async def inbox(self, ws: WebSocket, token: str = "", last_id: str | None = None) -> None:
+        """A device's live inbox: pushes as they arrive; the device acks each by id."""
+        await ws.accept()
+        try:
+            tenant_id = tenants.peek_token_tenant(token)
+            keys.validate_tenant_id(tenant_id)
+            secret = await self._ar.get(keys.tenant_secret(tenant_id))
+            if secret is None:
+                raise AuthError("unknown tenant")
+            tenant_id, user_id = tenants.verify_user_token(bytes.fromhex(secret), token)
+        except (AuthError, ValueError) as e:
+            await ws.close(code=4401, reason=str(e)[:120])
+            return
+        stream = keys.inbox_stream(tenant_id, user_id)
+        cursor = last_id or await self._ar.get(keys.inbox_cursor(tenant_id, user_id)) or "0-0"
+        acks = asyncio.create_task(self._read_acks(ws, tenant_id, user_id))
+        try:
+            while not acks.done():
+                entries = await self._ar.xread({stream: cursor}, count=200, block=1000)
+                for _, messages in entries:
+                    for entry_id, fields in messages:
+                        await ws.send_text(json.dumps({"id": entry_id, **fields}))
+                        cursor = entry_id
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            acks.cancel()
+
+    async def _read_acks(self, ws: WebSocket, tenant_id: str, user_id: str) -> None:
+        cursor_key = keys.inbox_cursor(tenant_id, user_id)
+        while True:
+            try:
+                message = json.loads(await ws.receive_text())
+            except WebSocketDisconnect:
+                return
+            except ValueError:
+                continue
+            entry_id, push_id = message.get("ack"), message.get("push_id")
+            if isinstance(entry_id, str):
+                await self._ar.set(cursor_key, entry_id)
+            if isinstance(push_id, str):
+                await asyncio.to_thread(receipts.mark, self._r, tenant_id, push_id, "acked")

@@ -1,0 +1,73 @@
+"""Build the Ray Serve application from typed arguments, and run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import LoggingConfig
+
+from pipeline.config import Settings
+from serving.api import Api
+from serving.args import ServingArgs
+from serving.scorer import Scorer
+
+__all__ = ["build_app", "start_ray", "start_serve", "stop_serve", "APP_NAME"]
+
+APP_NAME = "pushpilot"
+log = logging.getLogger(__name__)
+
+# Nothing in a Ray worker may phone home: there is no network on users' locked-down servers.
+_WORKER_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def build_app(args: ServingArgs) -> serve.Application:
+    scorer = Scorer.options(num_replicas=args.scorer_replicas).bind(args)
+    return Api.bind(args, scorer)
+
+
+def start_ray(settings: Settings) -> None:
+    """Join the configured cluster, or start a small local one sized for this machine."""
+    if ray.is_initialized():
+        return
+    for name, value in _WORKER_ENV.items():
+        os.environ.setdefault(name, value)
+    options: dict[str, object] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": _WORKER_ENV},
+    }
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, **options)  # type: ignore[arg-type]
+    else:
+        if settings.ray_temp_dir is not None:
+            options["_temp_dir"] = str(settings.ray_temp_dir)
+        ray.init(
+            num_cpus=settings.ray_num_cpus,
+            object_store_memory=settings.ray_object_store_mb * 1024 * 1024,
+            **options,  # type: ignore[arg-type]
+        )
+
+
+def start_serve(settings: Settings, args: ServingArgs, blocking: bool = False) -> DeploymentHandle:
+    start_ray(settings)
+    serve.start(
+        http_options={"host": settings.http_host, "port": settings.http_port},
+        logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False),
+    )
+    return serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)
+
+
+def stop_serve() -> None:
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,32 @@
+"""The typed arguments the Ray Serve application is built from."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import Settings
+
+__all__ = ["ServingArgs"]
+
+
+class ServingArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: str
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    scorer_replicas: int = Field(default=1, ge=1)
+    max_models_per_replica: int = Field(default=16, ge=1)
+    champion_refresh_seconds: float = Field(default=3.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_users_per_request: int = Field(default=1000, ge=1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis_url: str) -> ServingArgs:
+        return cls(
+            redis_url=redis_url,
+            mlflow_tracking_uri=settings.mlflow_tracking_uri,
+            mlflow_artifact_root=str(settings.mlflow_artifact_root),
+            scorer_replicas=settings.serve_replicas,
+            max_models_per_replica=settings.max_models_per_replica,
+        )

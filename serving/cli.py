@@ -1,0 +1,301 @@
+"""The `pushpilot` command line. Settings are read once here and passed down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import pandas as pd
+import typer
+
+from pipeline.config import Settings, load_settings
+from pipeline.errors import PushError
+from pipeline.redis_server import connect, redis_url_for, stop_embedded
+
+__all__ = ["main", "cli"]
+
+cli = typer.Typer(
+    name="pushpilot",
+    help="Multi-tenant targeting and push pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+tenant_cli = typer.Typer(help="Create tenants and their API keys.", no_args_is_help=True)
+key_cli = typer.Typer(help="API keys of a tenant.", no_args_is_help=True)
+data_cli = typer.Typer(help="Sample data.", no_args_is_help=True)
+model_cli = typer.Typer(help="Tenants' models.", no_args_is_help=True)
+cli.add_typer(tenant_cli, name="tenant")
+tenant_cli.add_typer(key_cli, name="key")
+cli.add_typer(data_cli, name="data")
+cli.add_typer(model_cli, name="model")
+
+log = logging.getLogger("pushpilot")
+
+
+class _State:
+    settings: Settings | None = None
+
+
+def _settings() -> Settings:
+    if _State.settings is None:
+        _State.settings = load_settings()
+    return _State.settings
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _setup_logging(settings: Settings) -> None:
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(settings.log_dir / "pushpilot.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "presidio-analyzer", "ray"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[object]:
+    settings = _settings()
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        client = connect(url)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+@cli.callback()
+def _main() -> None:
+    """Read settings once (PUSHPILOT_* variables, PUSHPILOT_CONFIG or ./pushpilot.toml)."""
+    try:
+        settings = _settings()
+    except (ValueError, FileNotFoundError) as e:
+        _fail(f"bad settings: {e}")
+    _setup_logging(settings)
+
+
+# --- tenants -------------------------------------------------------------------------------
+
+
+@tenant_cli.command("create")
+def tenant_create(name: Annotated[str, typer.Argument(help="Tenant id: a-z, 0-9, '_' and '-'.")]) -> None:
+    """Create a tenant with its own secret."""
+    from pipeline import tenants
+
+    with _redis() as r:
+        tenants.create_tenant(r, name)  # type: ignore[arg-type]
+    typer.echo(f"created tenant {name}")
+
+
+@tenant_cli.command("list")
+def tenant_list() -> None:
+    """List tenants."""
+    from pipeline import tenants
+
+    with _redis() as r:
+        for name in tenants.list_tenants(r):  # type: ignore[arg-type]
+            typer.echo(name)
+
+
+@key_cli.command("create")
+def key_create(
+    name: Annotated[str, typer.Argument(help="Tenant id.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: events:write,score,push:send,campaigns:write,models:write,admin")] = "score,push:send",
+) -> None:
+    """Create an API key; it is shown once and stored hashed."""
+    from pipeline import tenants
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    with _redis() as r:
+        key = tenants.create_api_key(r, name, wanted)  # type: ignore[arg-type]
+    typer.echo(key)
+    typer.echo("store this key now: it is not shown again", err=True)
+
+
+@tenant_cli.command("token")
+def user_token(
+    name: Annotated[str, typer.Argument(help="Tenant id.")],
+    user: Annotated[str, typer.Option(help="User id the token opens the inbox of.")],
+    ttl_seconds: Annotated[int, typer.Option(min=60)] = 3600,
+) -> None:
+    """Issue a user token for the realtime inbox (what the tenant's backend gives its app)."""
+    from pipeline import tenants
+
+    with _redis() as r:
+        secret = tenants.tenant_secret(r, name)  # type: ignore[arg-type]
+    typer.echo(tenants.issue_user_token(secret, name, user, ttl_seconds))
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+@data_cli.command("generate")
+def data_generate(
+    tenant: Annotated[str, typer.Option(help="Tenant id the data is for.")],
+    users: Annotated[int, typer.Option(min=10)] = 2000,
+    days: Annotated[int, typer.Option(min=8)] = 28,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path | None, typer.Option(help="Folder; default data/generated/<tenant>.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+) -> None:
+    """Generate behaviour events and PII-laden profiles for a tenant (with hidden ground truth)."""
+    from pipeline import keys
+    from pipeline.generator import generate_tenant, write_tenant
+
+    try:
+        keys.validate_tenant_id(tenant)
+    except ValueError as e:
+        _fail(f"--tenant: {e}")
+    if fmt not in ("csv", "parquet"):
+        _fail(f"--format must be csv or parquet, got {fmt!r}")
+    data = generate_tenant(tenant, users=users, days=days, seed=seed)
+    paths = write_tenant(data, out or Path("data") / "generated" / tenant, fmt=fmt)
+    typer.echo(json.dumps({"tenant": tenant, "events": len(data.events), "users": len(data.profiles),
+                           "cutoff": data.cutoff.isoformat(),
+                           "files": {k: str(v) for k, v in paths.items()}}))
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+@model_cli.command("train")
+def model_train(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    events: Annotated[Path, typer.Option(help="Events file: user_id,event_time,event_type[,value].")],
+    cutoff: Annotated[str, typer.Option(help="Features use events up to this time (ISO date).")],
+    horizon: Annotated[int, typer.Option(min=1, help="Label window after the cutoff, in days.")] = 7,
+    target_event: Annotated[str, typer.Option()] = "purchase",
+    force: Annotated[bool, typer.Option(help="Promote even if it does not beat the champion.")] = False,
+) -> None:
+    """Train a tenant's propensity model from raw events and register it in MLflow."""
+    from models.registry import ModelRegistry
+    from pipeline import tenants
+    from pipeline.generator import read_events
+    from pipeline.training import train_propensity
+
+    try:
+        cutoff_at = pd.Timestamp(cutoff)
+    except ValueError:
+        _fail(f"--cutoff: cannot read {cutoff!r} as a date")
+    cutoff_at = cutoff_at.tz_localize("UTC") if cutoff_at.tzinfo is None else cutoff_at.tz_convert("UTC")
+    settings = _settings()
+    with _redis() as r:
+        tenants.get_tenant(r, tenant)  # type: ignore[arg-type]
+    frame = read_events(events)
+    registry = ModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
+    result = train_propensity(tenant, frame, cutoff=cutoff_at, horizon_days=horizon,
+                              registry=registry, target_event=target_event, force=force)
+    typer.echo(json.dumps({
+        "tenant": tenant, "kind": "propensity", "version": result.version.version,
+        "metrics": {k: round(v, 4) for k, v in result.metrics.items()},
+        "champion": result.version.is_champion,
+    }))
+
+
+# --- services ------------------------------------------------------------------------------
+
+
+@cli.command("serve")
+def serve_cmd() -> None:
+    """Run the HTTP API and realtime gateway on Ray Serve until interrupted."""
+    from serving.app import start_serve, stop_serve
+    from serving.args import ServingArgs
+
+    settings = _settings()
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        start_serve(settings, ServingArgs.from_settings(settings, url))
+        typer.echo(f"pushpilot serving on {settings.http_url} (docs at {settings.http_url}/docs)")
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_serve()
+
+
+@cli.command("worker")
+def worker_cmd(
+    name: Annotated[str | None, typer.Option(help="Consumer name; default host-pid.")] = None,
+    drain: Annotated[bool, typer.Option(help="Deliver what is queued, then exit.")] = False,
+) -> None:
+    """Run a delivery worker for every tenant; SIGTERM drains and exits."""
+    import os
+    import socket
+
+    from pipeline import tenants
+    from pipeline.delivery import DeliveryWorker
+
+    settings = _settings()
+    consumer = name or f"{socket.gethostname()}-{os.getpid()}"
+    with _redis() as r:
+        worker = DeliveryWorker(r, lambda: tenants.list_tenants(r), consumer=consumer,  # type: ignore[arg-type]
+                                inbox_max_len=settings.inbox_max_len)
+        if drain:
+            total = 0
+            while (n := worker.deliver_once()) > 0:
+                total += n
+            typer.echo(json.dumps({"delivered": total}))
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        typer.echo(f"worker {consumer} delivering; SIGTERM or Ctrl-C drains and stops")
+        worker.run(stop)
+
+
+@cli.command("down")
+def down_cmd() -> None:
+    """Stop the embedded Valkey server of this data directory, whoever still uses it."""
+    settings = _settings()
+    if settings.redis_url:
+        _fail("PUSHPILOT_REDIS_URL is set: that Redis is not ours to stop")
+    stopped = stop_embedded(settings.data_dir)
+    typer.echo("stopped the embedded Valkey" if stopped else "no embedded Valkey was running")
+
+
+@cli.command("demo")
+def demo_cmd(
+    users: Annotated[int, typer.Option(min=200, help="Users per tenant.")] = 2000,
+    days: Annotated[int, typer.Option(min=14)] = 28,
+    top_k: Annotated[int, typer.Option(min=1, help="Pushes per tenant.")] = 100,
+) -> None:
+    """Two tenants end to end: generate, anonymise, train, serve, score, select, deliver."""
+    from serving.demo import report_json, run_demo
+
+    report = run_demo(_settings(), users=users, days=days, top_k=top_k, echo=typer.echo)
+    typer.echo(report_json(report))
+
+
+def main() -> None:
+    started = time.monotonic()
+    try:
+        cli()
+    except PushError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except (ValueError, FileNotFoundError, IsADirectoryError) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    finally:
+        log.debug("command took %.1fs", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The per-tenant scorer: Ray Serve model multiplexing keyed by tenant id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray import serve
+
+from models.registry import ModelRegistry
+from serving.args import ServingArgs
+
+__all__ = ["Scorer"]
+
+
+@dataclass
+class _TenantModel:
+    model: Any
+    version: int
+    checked_at: float
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class Scorer:
+    def __init__(self, args: ServingArgs):
+        self._args = args
+        self._registry = ModelRegistry(args.mlflow_tracking_uri, Path(args.mlflow_artifact_root))
+        self._loaded: dict[str, _TenantModel] = {}
+
+    def _load(self, tenant_id: str) -> _TenantModel:
+        model, version = self._registry.load_champion(tenant_id, "propensity")
+        return _TenantModel(model=model, version=version, checked_at=time.monotonic())
+
+    @serve.multiplexed(max_num_models_per_replica=16)
+    async def _get_model(self, tenant_id: str) -> _TenantModel:
+        loaded = await asyncio.to_thread(self._load, tenant_id)
+        self._loaded[tenant_id] = loaded
+        return loaded
+
+    async def _fresh(self, tenant_id: str) -> _TenantModel:
+        current = await self._get_model(tenant_id)
+        # A promoted champion replaces the cached model within champion_refresh_seconds.
+        if time.monotonic() - current.checked_at > self._args.champion_refresh_seconds:
+            version = await asyncio.to_thread(
+                self._registry.champion_version, tenant_id, "propensity"
+            )
+            if version is not None and version != current.version:
+                fresh = await asyncio.to_thread(self._load, tenant_id)
+                current.model, current.version = fresh.model, fresh.version
+            current.checked_at = time.monotonic()
+        return current
+
+    async def score(self, features: pd.DataFrame) -> dict[str, Any]:
+        tenant_id = serve.get_multiplexed_model_id()
+        tenant_model = await self._fresh(tenant_id)
+        proba = tenant_model.model.predict_proba(features)[:, 1]
+        return {"scores": np.asarray(proba, dtype=float).tolist(), "model_version": tenant_model.version}
+
+    def check_health(self) -> None:
+        # The registry must stay reachable; a replica that cannot load models is unhealthy.
+        self._registry.champion_version("healthcheck", "propensity")

@@ -1,0 +1,240 @@
+"""The HTTP API and gateway on a real local Ray Serve, with two tenants present."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import websockets
+
+from pipeline import keys, tenants
+from pipeline.config import Settings
+from pipeline.delivery import DeliveryWorker
+from pipeline.generator import generate_tenant
+from pipeline.redis_server import EmbeddedRedis, connect
+from serving.args import ServingArgs
+from serving.client import InboxClient
+from serving.demo import prepare_tenant
+
+pytestmark = [pytest.mark.serve, pytest.mark.slow]
+
+
+@dataclass(frozen=True)
+class World:
+    base_url: str
+    ws_url: str
+    tenant_a: str
+    tenant_b: str
+    users_a: list[str]
+    users_b: list[str]
+    key_a: str
+    key_b: str
+    key_a_score_only: str
+    secret_a: bytes
+
+
+@pytest.fixture(scope="module")
+def world(settings: Settings, redis_server: EmbeddedRedis, registry: Any) -> Iterator[World]:
+    from serving.app import start_serve, stop_serve
+
+    r = connect(redis_server.url)
+    ids = {}
+    # Both tenants number their users alike (u000000...), as real tenants do; B has more of them,
+    # so B's last users exist in B only.
+    for tid, seed, n_users in (("api-a", 1, 300), ("api-b", 2, 400)):
+        if not tenants.tenant_exists(r, tid):
+            tenants.create_tenant(r, tid)
+        data = generate_tenant(tid, users=n_users, days=21, seed=seed)
+        prepare_tenant(r, registry, data)
+        ids[tid] = list(data.profiles["user_id"].astype(str))
+    start_serve(settings, ServingArgs.from_settings(settings, redis_server.url))
+    yield World(
+        base_url=settings.http_url,
+        ws_url=f"ws://{settings.http_host}:{settings.http_port}/v1/inbox",
+        tenant_a="api-a", tenant_b="api-b",
+        users_a=ids["api-a"], users_b=ids["api-b"],
+        key_a=tenants.create_api_key(r, "api-a", ["score", "push:send"]),
+        key_b=tenants.create_api_key(r, "api-b", ["score", "push:send"]),
+        key_a_score_only=tenants.create_api_key(r, "api-a", ["score"]),
+        secret_a=tenants.tenant_secret(r, "api-a"),
+    )
+    stop_serve()
+    r.close()
+
+
+def _get(world: World, path: str, key: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(world.base_url + path, headers=headers, timeout=30)
+
+
+def _post(world: World, path: str, key: str | None, body: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(world.base_url + path, json=body, headers=headers, timeout=30)
+
+
+def test_health_and_readiness(world: World) -> None:
+    assert _get(world, "/healthz", None).json() == {"status": "ok"}
+    assert _get(world, "/readyz", None).status_code == 200
+
+
+def test_openapi_docs_are_served(world: World) -> None:
+    assert _get(world, "/docs", None).status_code == 200
+    paths = _get(world, "/openapi.json", None).json()["paths"]
+    assert {"/v1/score", "/v1/pushes", "/v1/tenants/me"} <= set(paths)
+
+
+@pytest.mark.parametrize("key", [None, "ppk_00000000_not-a-real-key", "Basic abc"])
+def test_missing_or_unknown_key_gets_401_problem(world: World, key: str | None) -> None:
+    for response in (
+        _get(world, "/v1/tenants/me", key),
+        _post(world, "/v1/score", key, {"user_ids": world.users_a[:1]}),
+        _post(world, "/v1/pushes", key, {"user_ids": ["u"], "body": "x"}),
+        _get(world, "/v1/pushes/abc", key),
+        _get(world, f"/v1/users/{world.users_a[0]}", key),
+    ):
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["status"] == 401
+
+
+def test_key_without_scope_gets_403(world: World) -> None:
+    response = _post(world, "/v1/pushes", world.key_a_score_only, {"user_ids": ["u"], "body": "x"})
+    assert response.status_code == 403
+    assert "push:send" in response.json()["detail"]
+
+
+def test_scores_own_users(world: World) -> None:
+    response = _post(world, "/v1/score", world.key_a, {"user_ids": world.users_a[:50]})
+    assert response.status_code == 200, response.text
+    scores = response.json()["scores"]
+    assert [s["user_id"] for s in scores] == world.users_a[:50]
+    assert all(0.0 <= s["score"] <= 1.0 for s in scores)
+    assert len({round(s["score"], 6) for s in scores}) > 1
+
+
+def test_another_tenants_users_look_exactly_like_unknown_ones(world: World) -> None:
+    own_b_user = world.users_b[-1]
+    assert own_b_user not in world.users_a
+    theirs = _get(world, f"/v1/users/{own_b_user}", world.key_a)
+    unknown = _get(world, "/v1/users/nobody-at-all", world.key_a)
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json() == unknown.json()
+    assert _get(world, f"/v1/users/{own_b_user}", world.key_b).status_code == 200
+
+    theirs = _post(world, "/v1/score", world.key_a, {"user_ids": [own_b_user]})
+    assert theirs.status_code == 404
+    assert world.tenant_b not in theirs.text
+
+    theirs_t = _get(world, f"/v1/tenants/{world.tenant_b}", world.key_a)
+    unknown_t = _get(world, "/v1/tenants/no-such-tenant", world.key_a)
+    assert theirs_t.status_code == unknown_t.status_code == 404
+    assert theirs_t.json() == unknown_t.json()
+    assert _get(world, f"/v1/tenants/{world.tenant_a}", world.key_a).status_code == 200
+
+
+def test_same_user_id_in_two_tenants_scores_with_each_tenants_own_model(world: World) -> None:
+    shared = world.users_a[0]
+    assert shared in world.users_b
+    a = _post(world, "/v1/score", world.key_a, {"user_ids": [shared]}).json()
+    b = _post(world, "/v1/score", world.key_b, {"user_ids": [shared]}).json()
+    assert a["scores"][0]["score"] != b["scores"][0]["score"]
+    profile_a = _get(world, f"/v1/users/{shared}", world.key_a).json()
+    profile_b = _get(world, f"/v1/users/{shared}", world.key_b).json()
+    assert profile_a != profile_b
+
+
+def test_tenant_me_reports_own_plan_only(world: World) -> None:
+    body = _get(world, "/v1/tenants/me", world.key_a).json()
+    assert body["tenant_id"] == world.tenant_a
+    assert world.tenant_b not in json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/score", {}, "user_ids"),
+        ("/v1/score", {"user_ids": []}, "user_ids"),
+        ("/v1/score", {"user_ids": "u1"}, "user_ids"),
+        ("/v1/score", {"user_ids": ["bad id with spaces"]}, "user_ids.0"),
+        ("/v1/pushes", {"user_ids": ["u1"]}, "body"),
+        ("/v1/pushes", {"user_ids": ["u1"], "body": "x", "lane": "express"}, "lane"),
+        ("/v1/pushes", {"user_ids": ["u1"], "body": "x", "surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_body_gets_422_naming_the_field(world: World, path: str, body: Any, field: str) -> None:
+    response = _post(world, path, world.key_a, body)
+    assert response.status_code == 422
+    assert field in [e["field"] for e in response.json()["errors"]]
+
+
+def test_push_is_idempotent_and_its_trail_is_private(world: World) -> None:
+    body = {"user_ids": ["pushy-1"], "body": "your code is 123456", "idempotency_key": "login-1"}
+    first = _post(world, "/v1/pushes", world.key_a, body)
+    second = _post(world, "/v1/pushes", world.key_a, body)
+    assert first.status_code == second.status_code == 202
+    push_id = first.json()["push_ids"][0]
+    assert second.json()["duplicates"] == [push_id]
+    trail = _get(world, f"/v1/pushes/{push_id}", world.key_a)
+    assert trail.status_code == 200 and trail.json()["trail"][0]["status"] == "queued"
+    assert _get(world, f"/v1/pushes/{push_id}", world.key_b).json() == _get(
+        world, "/v1/pushes/0000unknown", world.key_b
+    ).json()
+    assert _get(world, f"/v1/pushes/{push_id}", world.key_b).status_code == 404
+
+
+def test_connected_client_receives_a_transactional_push_and_acks_it(
+    world: World, redis_server: EmbeddedRedis
+) -> None:
+    r: redis.Redis = connect(redis_server.url)
+    user = "device-user-1"
+    token = tenants.issue_user_token(world.secret_a, world.tenant_a, user)
+    worker = DeliveryWorker(r, [world.tenant_a], consumer="test-ws")
+
+    async def scenario() -> list[str]:
+        client = InboxClient(world.ws_url, token)
+        await client.start()
+        result = _post(world, "/v1/pushes", world.key_a,
+                       {"user_ids": [user], "body": "fraud alert", "idempotency_key": "ws-1"})
+        push_id = result.json()["push_ids"][0]
+        for _ in range(100):
+            worker.deliver_once()
+            if client.received:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        await client.stop()
+        assert [x.push_id for x in client.received] == [push_id]
+        return [push_id]
+
+    (push_id,) = asyncio.run(scenario())
+    statuses = [s["status"] for s in _get(world, f"/v1/pushes/{push_id}", world.key_a).json()["trail"]]
+    assert statuses[:2] == ["queued", "delivered"] and "acked" in statuses
+
+
+def test_gateway_refuses_a_forged_token(world: World) -> None:
+    forged = tenants.issue_user_token(b"x" * 32, world.tenant_a, "someone")
+
+    async def connect_once() -> int | None:
+        async with websockets.connect(f"{world.ws_url}?token={forged}") as ws:
+            try:
+                await asyncio.wait_for(ws.recv(), timeout=10)
+            except websockets.ConnectionClosed as e:
+                return e.rcvd.code if e.rcvd else None
+        return None
+
+    assert asyncio.run(connect_once()) == 4401
+
+
+def test_push_with_unknown_lane_enqueues_nothing(world: World, redis_server: EmbeddedRedis) -> None:
+    r = connect(redis_server.url)
+    streams = [keys.outbox_stream(world.tenant_a, lane) for lane in keys.LANES]
+    before = [r.xlen(s) for s in streams]
+    response = _post(world, "/v1/pushes", world.key_a, {"user_ids": ["u1"], "body": "x", "lane": "nope"})
+    assert response.status_code == 422
+    assert [r.xlen(s) for s in streams] == before
