@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-import pandas as pd
 import typer
 
-from pipeline.config import Settings, load_settings
+from pipeline.config import Settings
 from pipeline.errors import PushError
-from pipeline.redis_server import connect, redis_url_for, stop_embedded
+from pipeline.redis_server import redis_url_for, stop_embedded
+from serving import cli_models
+from serving.cli_common import fail as _fail
+from serving.cli_common import redis_client as _redis
+from serving.cli_common import settings as _settings
 
 __all__ = ["main", "cli"]
 
@@ -32,28 +33,16 @@ cli = typer.Typer(
 tenant_cli = typer.Typer(help="Create tenants and their API keys.", no_args_is_help=True)
 key_cli = typer.Typer(help="API keys of a tenant.", no_args_is_help=True)
 data_cli = typer.Typer(help="Sample data.", no_args_is_help=True)
-model_cli = typer.Typer(help="Tenants' models.", no_args_is_help=True)
 cli.add_typer(tenant_cli, name="tenant")
 tenant_cli.add_typer(key_cli, name="key")
 cli.add_typer(data_cli, name="data")
-cli.add_typer(model_cli, name="model")
+
+# Command groups that live in their own modules. Add one line per group here, nothing else.
+# --- command groups ---
+cli.add_typer(cli_models.app, name="model")
+# --- end of command groups ---
 
 log = logging.getLogger("pushpilot")
-
-
-class _State:
-    settings: Settings | None = None
-
-
-def _settings() -> Settings:
-    if _State.settings is None:
-        _State.settings = load_settings()
-    return _State.settings
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -65,17 +54,6 @@ def _setup_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "presidio-analyzer", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-@contextlib.contextmanager
-def _redis() -> Iterator[object]:
-    settings = _settings()
-    with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        client = connect(url)
-        try:
-            yield client
-        finally:
-            client.close()
 
 
 @cli.callback()
@@ -167,43 +145,6 @@ def data_generate(
     typer.echo(json.dumps({"tenant": tenant, "events": len(data.events), "users": len(data.profiles),
                            "cutoff": data.cutoff.isoformat(),
                            "files": {k: str(v) for k, v in paths.items()}}))
-
-
-# --- models --------------------------------------------------------------------------------
-
-
-@model_cli.command("train")
-def model_train(
-    tenant: Annotated[str, typer.Option(help="Tenant id.")],
-    events: Annotated[Path, typer.Option(help="Events file: user_id,event_time,event_type[,value].")],
-    cutoff: Annotated[str, typer.Option(help="Features use events up to this time (ISO date).")],
-    horizon: Annotated[int, typer.Option(min=1, help="Label window after the cutoff, in days.")] = 7,
-    target_event: Annotated[str, typer.Option()] = "purchase",
-    force: Annotated[bool, typer.Option(help="Promote even if it does not beat the champion.")] = False,
-) -> None:
-    """Train a tenant's propensity model from raw events and register it in MLflow."""
-    from models.registry import ModelRegistry
-    from pipeline import tenants
-    from pipeline.generator import read_events
-    from pipeline.training import train_propensity
-
-    try:
-        cutoff_at = pd.Timestamp(cutoff)
-    except ValueError:
-        _fail(f"--cutoff: cannot read {cutoff!r} as a date")
-    cutoff_at = cutoff_at.tz_localize("UTC") if cutoff_at.tzinfo is None else cutoff_at.tz_convert("UTC")
-    settings = _settings()
-    with _redis() as r:
-        tenants.get_tenant(r, tenant)  # type: ignore[arg-type]
-    frame = read_events(events)
-    registry = ModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
-    result = train_propensity(tenant, frame, cutoff=cutoff_at, horizon_days=horizon,
-                              registry=registry, target_event=target_event, force=force)
-    typer.echo(json.dumps({
-        "tenant": tenant, "kind": "propensity", "version": result.version.version,
-        "metrics": {k: round(v, 4) for k, v in result.metrics.items()},
-        "champion": result.version.is_champion,
-    }))
 
 
 # --- services ------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from models.registry import ModelRegistry
 from pipeline import outbox, receipts, tenants
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
-from pipeline.featurestore import store_features, store_profiles
 from pipeline.features import FEATURE_COLUMNS, behaviour_features, build_features
+from pipeline.featurestore import store_features, store_profiles
 from pipeline.generator import GeneratedTenant, generate_tenant, write_tenant
 from pipeline.guard import flag_bots, quarantine_users, quarantined_users
 from pipeline.privacy import anonymize_table

@@ -61,3 +61,28 @@ def registry(settings: Settings):  # type: ignore[no-untyped-def]
     from models.registry import ModelRegistry
 
     return ModelRegistry(settings.mlflow_tracking_uri, Path(settings.mlflow_artifact_root))
+
+
+@pytest.fixture(scope="session")
+def ray_session(settings: Settings) -> Iterator[None]:
+    """One real local Ray for the whole session (num_cpus=2, a modest object store)."""
+    import ray
+
+    from serving.app import start_ray
+
+    start_ray(settings)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_app(settings: Settings, redis_server: EmbeddedRedis, ray_session: None) -> Iterator[str]:
+    """The pushpilot Serve application on the session's Ray; yields its base URL."""
+    from ray import serve
+
+    from serving.app import start_serve
+    from serving.args import ServingArgs
+
+    start_serve(settings, ServingArgs.from_settings(settings, redis_server.url))
+    yield settings.http_url
+    serve.shutdown()

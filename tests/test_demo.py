@@ -110,7 +110,7 @@ def test_no_raw_email_or_phone_in_redis_mlflow_or_logs(demo_run: DemoRun) -> Non
             for field, value in r.hgetall(key).items():
                 corpus.append((f"redis hash {key!r}", (field + b"=" + value).decode(errors="replace")))
         for key in r.scan_iter(count=1000, _type="stream"):
-            for entry_id, fields in r.xrange(key):
+            for _entry_id, fields in r.xrange(key):
                 corpus.append((f"redis stream {key!r}", repr(fields)))
     for root in (demo_run.data_dir, demo_run.ray_dir):
         for path in _files_under(root):

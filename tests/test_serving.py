@@ -18,7 +18,6 @@ from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
 from pipeline.generator import generate_tenant
 from pipeline.redis_server import EmbeddedRedis, connect
-from serving.args import ServingArgs
 from serving.client import InboxClient
 from serving.demo import prepare_tenant
 
@@ -40,9 +39,9 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(settings: Settings, redis_server: EmbeddedRedis, registry: Any) -> Iterator[World]:
-    from serving.app import start_serve, stop_serve
-
+def world(
+    settings: Settings, redis_server: EmbeddedRedis, registry: Any, serve_app: str
+) -> Iterator[World]:
     r = connect(redis_server.url)
     ids = {}
     # Both tenants number their users alike (u000000...), as real tenants do; B has more of them,
@@ -53,7 +52,6 @@ def world(settings: Settings, redis_server: EmbeddedRedis, registry: Any) -> Ite
         data = generate_tenant(tid, users=n_users, days=21, seed=seed)
         prepare_tenant(r, registry, data)
         ids[tid] = list(data.profiles["user_id"].astype(str))
-    start_serve(settings, ServingArgs.from_settings(settings, redis_server.url))
     yield World(
         base_url=settings.http_url,
         ws_url=f"ws://{settings.http_host}:{settings.http_port}/v1/inbox",
@@ -64,7 +62,6 @@ def world(settings: Settings, redis_server: EmbeddedRedis, registry: Any) -> Ite
         key_a_score_only=tenants.create_api_key(r, "api-a", ["score"]),
         secret_a=tenants.tenant_secret(r, "api-a"),
     )
-    stop_serve()
     r.close()
 
 
