@@ -6,19 +6,23 @@
 import asyncio
 import json
 import logging
+import time
 import uuid
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from models.registry import ModelRegistry
 from pipeline import keys, outbox, receipts, tenants
 from pipeline.errors import AuthError, InvalidInputError
 from pipeline.featurestore import load_features, load_profile
@@ -34,6 +38,90 @@ app = FastAPI(
     version="0.1.0",
     description="Multi-tenant targeting and push: ingest, score, send, follow.",
 )
+
+MAX_BODY_BYTES = 1_048_576
+
+_REQUESTS = Counter(
+    "pushpilot_http_requests_total", "HTTP requests by route and status", ["route", "status"]
+)
+_LATENCY = Histogram(
+    "pushpilot_http_request_seconds", "HTTP request latency by route", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+_TENANT_REQUESTS = Counter(
+    "pushpilot_tenant_requests_total", "Authenticated requests by tenant and scope",
+    ["tenant", "scope"],
+)
+_PUSHES = Gauge("pushpilot_pushes", "Pushes by tenant and status", ["tenant", "status"])
+
+
+class _BodyLimitAndMetrics:
+    """413 for bodies over the limit (declared or streamed), and latency per route."""
+
+    def __init__(self, inner: Any, max_body_bytes: int = MAX_BODY_BYTES):
+        self.inner = inner
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            response = _problem(413, "Payload Too Large",
+                                f"request body over {self.max_body_bytes} bytes")
+            await response(scope, receive, send)
+            _REQUESTS.labels("-", "413").inc()
+            return
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.inner(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            response = _problem(413, "Payload Too Large",
+                                f"request body over {self.max_body_bytes} bytes")
+            await response(scope, receive, send)
+            status["code"] = 413
+        route = scope.get("route")
+        path = getattr(route, "path", "-")
+        _REQUESTS.labels(path, str(status["code"])).inc()
+        _LATENCY.labels(path).observe(time.perf_counter() - started)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# Ray Serve pickles the ingress class by value, and with it copies of any metric objects its
+# methods name; module-level functions are pickled by reference, so they reach the real ones.
+def _count_tenant_request(tenant_id: str, scope: str) -> None:
+    _TENANT_REQUESTS.labels(tenant_id, scope).inc()
+
+
+def _render_metrics(push_counts: dict[str, dict[str, int]]) -> Response:
+    for tenant_id, counts in push_counts.items():
+        for status, count in counts.items():
+            _PUSHES.labels(tenant_id, status).set(count)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+app.add_middleware(_BodyLimitAndMetrics)
 
 _USER_ID = r"^[A-Za-z0-9_.:@-]{1,128}$"
 
@@ -119,6 +207,7 @@ class Api:
         self._r = connect(args.redis_url, max_connections=256)
         self._ar = aioredis.Redis.from_url(args.redis_url, decode_responses=True,
                                            max_connections=20_000)
+        self._registry = ModelRegistry(args.mlflow_tracking_uri, Path(args.mlflow_artifact_root))
 
     def _auth(self, authorization: str | None, scope: str) -> tenants.ApiKey:
         if not authorization or not authorization.startswith("Bearer "):
@@ -129,7 +218,15 @@ class Api:
             raise HTTPException(401, str(e)) from None
         if scope not in key.scopes and "admin" not in key.scopes:
             raise HTTPException(403, f"this key lacks the {scope!r} scope")
+        _count_tenant_request(key.tenant_id, scope)
         return key
+
+    @app.get("/metrics")
+    def metrics(self) -> Response:
+        """Prometheus metrics; scraped by the operator, per tenant where a tenant is known."""
+        return _render_metrics(
+            {t: receipts.status_counts(self._r, t) for t in tenants.list_tenants(self._r)}
+        )
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:
@@ -141,7 +238,11 @@ class Api:
             self._r.ping()
         except redis.RedisError as e:
             return _problem(503, "Service Unavailable", f"redis unreachable: {type(e).__name__}")
-        return JSONResponse({"status": "ready"})
+        try:
+            self._registry.champion_version("readiness-probe", "propensity")
+        except Exception as e:  # noqa: BLE001 - any failure to reach MLflow means not ready.
+            return _problem(503, "Service Unavailable", f"mlflow unreachable: {type(e).__name__}")
+        return JSONResponse({"status": "ready", "redis": "ok", "mlflow": "ok"})
 
     @app.get("/v1/tenants/me")
     def tenant_me(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:

@@ -100,6 +100,21 @@ def test_missing_or_unknown_key_gets_401_problem(world: World, key: str | None) 
         assert response.json()["status"] == 401
 
 
+def test_body_over_the_limit_gets_413(world: World) -> None:
+    big = {"user_ids": world.users_a[:1], "padding": "x" * 1_100_000}
+    response = _post(world, "/v1/score", world.key_a, big)
+    assert response.status_code == 413
+    assert response.json()["status"] == 413
+
+
+def test_metrics_count_requests_and_pushes_per_tenant(world: World) -> None:
+    _post(world, "/v1/score", world.key_a, {"user_ids": world.users_a[:3]})
+    text = _get(world, "/metrics", None).text
+    assert "pushpilot_http_request_seconds_bucket" in text
+    assert f'pushpilot_tenant_requests_total{{scope="score",tenant="{world.tenant_a}"}}' in text
+    assert f'pushpilot_pushes{{status="queued",tenant="{world.tenant_a}"}}' in text
+
+
 def test_key_without_scope_gets_403(world: World) -> None:
     response = _post(world, "/v1/pushes", world.key_a_score_only, {"user_ids": ["u"], "body": "x"})
     assert response.status_code == 403
