@@ -71,10 +71,13 @@ def _free_port() -> int:
 
 
 def _pings(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=1.0)
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=1.0).ping())
+        return bool(client.ping())
     except redis.RedisError:
         return False
+    finally:
+        client.close()
 
 
 def _binary_path() -> Path:
@@ -147,36 +150,41 @@ class EmbeddedRedis:
 
     def _start(self) -> _ServerState:
         port = _free_port()
+        pidfile = self.dir / "valkey.pid"
+        pidfile.unlink(missing_ok=True)
         args = [
             str(_binary_path()),
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--dir", str(self.dir),
             "--appendonly", "yes",
-            # everysec: an acknowledged write is on disk within a second; DESIGN.md and the
-            # README state this trade-off per lane.
+            # everysec: an acknowledged write is on disk within a second; the README states
+            # this trade-off per lane.
             "--appendfsync", "everysec",
             "--save", "",
             "--protected-mode", "yes",
             "--logfile", str(self.dir / "valkey.log"),
             "--maxmemory-policy", "noeviction",
+            # Daemonised, the server outlives the process that started it, as leases intend,
+            # and a Ctrl-C in one terminal does not reach it.
+            "--daemonize", "yes",
+            "--pidfile", str(pidfile),
         ]
-        # A new session: the server outlives the process that started it, as leases intend,
-        # and a Ctrl-C in one terminal does not reach it.
-        proc = subprocess.Popen(
+        launcher = subprocess.run(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, cwd=str(self.dir), start_new_session=True,
+            stderr=subprocess.PIPE, cwd=str(self.dir), timeout=_STARTUP_TIMEOUT_SECONDS,
+            check=False,
         )
-        state = _ServerState(pid=proc.pid, port=port)
         deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS
-        while not _pings(state.url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                tail = ""
+        url = _ServerState(pid=0, port=port).url
+        while not (pidfile.exists() and _pings(url)):
+            if launcher.returncode != 0 or time.monotonic() > deadline:
+                tail = launcher.stderr.decode(errors="replace")
                 with contextlib.suppress(OSError):
-                    tail = (self.dir / "valkey.log").read_text()[-2000:]
+                    tail += (self.dir / "valkey.log").read_text()[-2000:]
                 raise RuntimeError(f"embedded valkey-server failed to start on port {port}: {tail}")
-            time.sleep(0.05)
+            time.sleep(0.02)
+        state = _ServerState(pid=int(pidfile.read_text().strip()), port=port)
         self._state_file.write_text(json.dumps({"pid": state.pid, "port": state.port}))
         log.info("started embedded Valkey pid=%d on %s (data in %s)", state.pid, state.url, self.dir)
         return state
@@ -212,15 +220,18 @@ class EmbeddedRedis:
 
 
 def _shutdown(state: _ServerState) -> None:
+    client = redis.Redis.from_url(state.url, socket_timeout=5.0)
     try:
         # SHUTDOWN flushes the AOF before exiting; the connection drops as it does.
-        redis.Redis.from_url(state.url, socket_timeout=5.0).shutdown(nosave=False)
+        client.shutdown(nosave=False)
     except redis.ConnectionError:
         pass
     except redis.RedisError as e:
         log.warning("SHUTDOWN failed (%s); sending SIGTERM", e)
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.pid, signal.SIGTERM)
+    finally:
+        client.close()
     deadline = time.monotonic() + 10
     while _pid_alive(state.pid) and time.monotonic() < deadline:
         time.sleep(0.05)

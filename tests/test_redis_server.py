@@ -49,6 +49,7 @@ def test_a_server_started_by_another_process_is_shared_and_outlives_it(tmp_path:
     finally:
         other.kill()
         other.wait()
+        other.stdout.close()  # type: ignore[union-attr]
     # The other process died without letting go; its lease is stale and the next user cleans up.
     with EmbeddedRedis(tmp_path) as again:
         assert again.pid == pid
