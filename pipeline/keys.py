@@ -7,6 +7,7 @@ so one tenant's keys share a slot and a Lua script may touch several of them. Gl
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = [
@@ -26,9 +27,19 @@ __all__ = [
     "dead_letter_stream",
     "inbox_stream",
     "inbox_channel",
+    "inbox_cursor",
+    "rate_bucket",
+    "user_frequency",
     "user_features",
     "user_profiles",
     "quarantine",
+    "privacy_policy",
+    "privacy_audit",
+    "traffic_counts",
+    "traffic_state",
+    "throttles",
+    "alerts_stream",
+    "cleared_alerts",
     "LANES",
 ]
 
@@ -45,7 +56,9 @@ def validate_tenant_id(tenant_id: str) -> str:
     return tenant_id
 
 
+@functools.lru_cache(maxsize=4096)
 def _tenant(tenant_id: str) -> str:
+    # Cached: the delivery hot path names several keys per push, all of a few tenants.
     return f"pp:{{{validate_tenant_id(tenant_id)}}}"
 
 
@@ -137,3 +150,58 @@ def quarantine(tenant_id: str) -> str:
 def inbox_cursor(tenant_id: str, user_id: str) -> str:
     """The id of the last inbox entry the user's device acknowledged; a reconnect resumes after it."""
     return f"{_tenant(tenant_id)}:inbox-cursor:{_part('user_id', user_id)}"
+
+
+def rate_bucket(tenant_id: str) -> str:
+    """Hash: the tenant's send token bucket (``tokens``, ``at``), kept by ``pipeline.ratelimit``."""
+    return f"{_tenant(tenant_id)}:ratebucket"
+
+
+def user_frequency(tenant_id: str, user_id: str) -> str:
+    """Hash: marketing pushes delivered to the user per local day (``d:<date>``) and week."""
+    return f"{_tenant(tenant_id)}:freq:{_part('user_id', user_id)}"
+
+
+def privacy_policy(tenant_id: str) -> str:
+    """String: the tenant's privacy policy as JSON (entity type -> operator)."""
+    return f"{_tenant(tenant_id)}:privacy-policy"
+
+
+def privacy_audit(tenant_id: str) -> str:
+    """Stream: one entry per privacy run, counts per column and entity type, never values."""
+    return f"{_tenant(tenant_id)}:privacy-audit"
+
+
+def traffic_counts(tenant_id: str, series: str) -> str:
+    """Hash: epoch second -> requests in that second, for one traffic series (an API key, ...)."""
+    return f"{_tenant(tenant_id)}:traffic:{_part('series', series)}"
+
+
+def traffic_state(tenant_id: str) -> str:
+    """Hash: series -> JSON state of its online detector (baseline, last second processed)."""
+    return f"{_tenant(tenant_id)}:traffic-state"
+
+
+def throttles(tenant_id: str) -> str:
+    """Hash: series -> JSON {until, reason, alert_id}, the traffic the guard currently throttles."""
+    return f"{_tenant(tenant_id)}:throttles"
+
+
+def alerts_stream(tenant_id: str) -> str:
+    """Stream of the guard's alerts for the tenant, each with its reason and action."""
+    return f"{_tenant(tenant_id)}:alerts"
+
+
+def cleared_alerts(tenant_id: str) -> str:
+    """Hash: alert id -> JSON {operator, at}, the alerts an operator has cleared."""
+    return f"{_tenant(tenant_id)}:alerts-cleared"
+
+
+def api_request_window(tenant_id: str, second: int) -> str:
+    """Counter of the tenant's API requests in one epoch second (the plan's request limit)."""
+    return f"{_tenant(tenant_id)}:apireq:{int(second)}"
+
+
+def guard_lock(tenant_id: str) -> str:
+    """Held briefly by the one API replica that feeds the tenant's traffic to the guard."""
+    return f"{_tenant(tenant_id)}:guardlock"

@@ -1,0 +1,287 @@
+"""Streaming anomaly detectors for univariate series (requests/s, events/s, error ratios, ...).
+
+Every detector here is causal: the score of row ``t`` depends only on rows ``0..t`` (scoring a
+prefix of a series gives the same scores as scoring the whole series and cutting them), so the
+batch form below is exactly what a stream would produce one row at a time. Scores are in [0, 1].
+
+* :class:`WindowedGaussian` is NAB's baseline: the Gaussian tail probability of the value under
+  the mean and standard deviation of the previous ``window_size`` values.
+* :class:`SeasonalLikelihood` is ours. Two predictors of the next value, the previous value
+  (persistence, catches spikes and steps) and a robust seasonal baseline (an exponentially
+  weighted mean of the same time-of-day slot on earlier days, catches a broken daily rhythm),
+  each give a residual. Each residual becomes a robust z-score (median and MAD of the last
+  ``history`` residuals), capped, and then a likelihood in the spirit of Numenta's anomaly
+  likelihood: how far the mean of the last ``short`` z-scores lies above the distribution of
+  z-scores over the last ``history`` rows, in standard deviations. The two surprises are summed
+  (a change seen by both predictors counts more) and squashed into [0, 1]. A score is only
+  reported when it is the highest of the last ``refractory`` rows, so one incident is one alert
+  rather than hundreds.
+* :class:`RateBurstDetector` is the small online form the traffic guard uses per key: an EWMA
+  baseline of a rate and of its deviation, with a state that fits in a Redis hash.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import ndtr
+
+__all__ = [
+    "DETECTORS",
+    "WindowedGaussian",
+    "SeasonalLikelihood",
+    "RateBurstDetector",
+    "make_detector",
+    "sampling_slots_per_day",
+]
+
+
+def _series(timestamps: ArrayLike, values: ArrayLike) -> tuple[pd.DatetimeIndex, NDArray[np.float64]]:
+    index = pd.DatetimeIndex(timestamps)
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(index) != len(x):
+        raise ValueError(f"need one value per timestamp, got {len(index)} timestamps and "
+                         f"values of shape {x.shape}")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise ValueError(f"values must be finite numbers; row {bad} is {x[bad]!r}")
+    return index, x
+
+
+def sampling_slots_per_day(timestamps: pd.DatetimeIndex) -> int:
+    """Rows per day at the series' typical sampling interval (1 when it samples daily or slower)."""
+    if len(timestamps) < 2:
+        return 1
+    # asi8 counts in the index's own unit (pandas 3 parses CSV times to microseconds), so
+    # convert to nanoseconds first.
+    steps = np.diff(pd.DatetimeIndex(timestamps).as_unit("ns").asi8)
+    steps = steps[steps > 0]
+    if not len(steps):
+        return 1
+    seconds = float(np.median(steps)) / 1e9
+    return max(1, int(round(86400 / seconds)))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowedGaussian:
+    """NAB's windowed-Gaussian baseline: ``Phi(|x - mean| / std)`` over the previous values.
+
+    Parameters
+    ----------
+    window_size : int, default=6400
+        Number of previous values the mean and standard deviation are taken over.
+    """
+
+    window_size: int = 6400
+
+    def score(self, timestamps: ArrayLike, values: ArrayLike) -> NDArray[np.float64]:
+        """Anomaly score per row.
+
+        Parameters
+        ----------
+        timestamps : array-like of shape (n_rows,)
+        values : array-like of shape (n_rows,)
+
+        Returns
+        -------
+        ndarray of shape (n_rows,)
+            In [0, 1]; 0 for the first row, 0.5 at the window mean, towards 1 far from it.
+        """
+        if self.window_size < 2:
+            raise ValueError(f"window_size must be at least 2, got {self.window_size}")
+        _, x = _series(timestamps, values)
+        s = pd.Series(x)
+        mean = s.rolling(self.window_size, min_periods=1).mean().shift(1).to_numpy()
+        std = s.rolling(self.window_size, min_periods=1).std(ddof=0).shift(1).to_numpy()
+        std = np.where(std > 0, std, 1e-6)  # NAB's floor for a constant window
+        out = ndtr(np.abs(x - mean) / std)
+        if len(out):
+            out[0] = 0.0
+        return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0)
+
+
+def _robust_z(residual: NDArray[np.float64], history: int, min_rows: int) -> NDArray[np.float64]:
+    past = pd.Series(residual).shift(1)
+    median = past.rolling(history, min_periods=min_rows).median()
+    mad = (past - median).abs().rolling(history, min_periods=min_rows).median().to_numpy()
+    centre = median.to_numpy()
+    # A MAD of zero (a flat series) would make any wiggle infinite; floor it relative to the level.
+    scale = np.maximum(1.4826 * mad, 1e-6 * (np.abs(centre) + 1e-9))
+    return np.nan_to_num(np.abs(residual - centre) / scale, nan=0.0)
+
+
+def _surprise(z: NDArray[np.float64], short: int, history: int, min_rows: int) -> NDArray[np.float64]:
+    """Standard deviations by which the recent mean z-score exceeds its own history (>= 0)."""
+    s = pd.Series(z)
+    recent = s.rolling(short, min_periods=1).mean()
+    before = s.shift(short)
+    mean = before.rolling(history, min_periods=min_rows).mean()
+    std = before.rolling(history, min_periods=min_rows).std()
+    spread = np.maximum(std.to_numpy(), 1e-9 + 1e-3 * np.abs(mean.to_numpy()))
+    out = (recent.to_numpy() - mean.to_numpy()) / spread
+    return np.maximum(np.nan_to_num(out, nan=0.0), 0.0)
+
+
+def _seasonal_baseline(index: pd.DatetimeIndex, x: NDArray[np.float64], slots_per_day: int,
+                       alpha: float) -> NDArray[np.float64]:
+    """EWMA of the same time-of-day slot on earlier days (NaN until a slot has been seen)."""
+    if slots_per_day <= 1:
+        return np.full(len(x), np.nan)
+    seconds = (index.hour * 3600 + index.minute * 60 + index.second).to_numpy()
+    slot = seconds // max(1, 86400 // slots_per_day)
+    grouped = pd.Series(x).groupby(slot)
+    return grouped.transform(lambda v: v.shift(1).ewm(alpha=alpha, min_periods=1).mean()).to_numpy()
+
+
+@dataclass(frozen=True, slots=True)
+class SeasonalLikelihood:
+    """Persistence + seasonal residuals, robust z-scores, a likelihood of the recent error.
+
+    One parameter set serves every series: all scales are learnt from the series' own past.
+
+    Parameters
+    ----------
+    short : int, default=3
+        Rows in the recent mean of z-scores whose likelihood is judged.
+    history : int, default=2000
+        Rows of past residuals and z-scores the robust scale and the likelihood are learnt on.
+    min_rows : int, default=200
+        Rows seen before any score is given (the detector's own learning period).
+    cap : float, default=30.0
+        Robust z-scores are capped here, so one huge spike does not blind the detector for
+        ``history`` rows (Numenta caps its raw score at 1 for the same reason).
+    seasonal_alpha : float, default=0.3
+        Weight of the newest day in each time-of-day slot's baseline.
+    refractory : int, default=300
+        A score is kept only when it beats every score of the previous ``refractory`` rows.
+    squash : float, default=10.0
+        Surprise ``u`` (in standard deviations) becomes ``u / (u + squash)``.
+    """
+
+    short: int = 3
+    history: int = 2000
+    min_rows: int = 200
+    cap: float = 30.0
+    seasonal_alpha: float = 0.3
+    refractory: int = 300
+    squash: float = 10.0
+
+    def _check(self) -> None:
+        for name in ("short", "history", "min_rows", "refractory"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.seasonal_alpha <= 1:
+            raise ValueError(f"seasonal_alpha must be in (0, 1], got {self.seasonal_alpha!r}")
+        if not self.cap > 0 or not self.squash > 0:
+            raise ValueError(f"cap and squash must be positive, got {self.cap!r}, {self.squash!r}")
+
+    def surprises(self, timestamps: ArrayLike, values: ArrayLike) -> dict[str, NDArray[np.float64]]:
+        """Each method's surprise per row (standard deviations, >= 0), before combining.
+
+        Parameters
+        ----------
+        timestamps : array-like of shape (n_rows,)
+        values : array-like of shape (n_rows,)
+
+        Returns
+        -------
+        dict of str to ndarray of shape (n_rows,)
+            ``"persistence"`` and ``"seasonal"``.
+        """
+        self._check()
+        index, x = _series(timestamps, values)
+        slots = sampling_slots_per_day(index)
+        residuals = {
+            "persistence": np.r_[0.0, np.diff(x)] if len(x) else x,
+            "seasonal": np.nan_to_num(x - _seasonal_baseline(index, x, slots, self.seasonal_alpha)),
+        }
+        out = {}
+        for name, residual in residuals.items():
+            z = np.minimum(_robust_z(residual, self.history, max(1, self.min_rows // 2)),
+                           self.cap)
+            out[name] = _surprise(z, self.short, self.history, self.min_rows)
+        return out
+
+    def score(self, timestamps: ArrayLike, values: ArrayLike) -> NDArray[np.float64]:
+        """Anomaly score per row, in [0, 1], causal.
+
+        Parameters
+        ----------
+        timestamps : array-like of shape (n_rows,)
+        values : array-like of shape (n_rows,)
+
+        Returns
+        -------
+        ndarray of shape (n_rows,)
+        """
+        parts = self.surprises(timestamps, values)
+        total = np.sum(list(parts.values()), axis=0)
+        squashed = total / (total + self.squash)
+        previous_best = (pd.Series(squashed).shift(1).rolling(self.refractory, min_periods=1)
+                         .max().fillna(0.0).to_numpy())
+        return np.where(squashed > previous_best, squashed, 0.0)
+
+
+DETECTORS = {
+    "seasonal-likelihood": SeasonalLikelihood,
+    "windowed-gaussian": WindowedGaussian,
+}
+
+
+def make_detector(name: str) -> SeasonalLikelihood | WindowedGaussian:
+    """A detector by name with its default parameters (one set for every series)."""
+    try:
+        return DETECTORS[name]()  # type: ignore[abstract]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RateBurstDetector:
+    """Online burst test on a rate (per second), with a state small enough for a Redis hash.
+
+    The state holds an EWMA of the rate and of its absolute deviation, and how many updates it
+    has seen. ``update`` scores the new rate against the baseline *before* learning from it, so a
+    burst cannot hide itself, and learns from a bursty rate only a little (``burst_alpha``), so a
+    sustained attack does not become normal within seconds.
+
+    Parameters
+    ----------
+    alpha : float, default=0.05
+        Weight of a new normal rate in the baseline.
+    burst_alpha : float, default=0.002
+        Weight of a rate that is itself a burst.
+    ratio : float, default=4.0
+        A rate is a burst when it exceeds ``ratio`` times the baseline rate ...
+    min_sigma : float, default=6.0
+        ... and the baseline by ``min_sigma`` mean absolute deviations.
+    min_updates : int, default=30
+        Updates learnt before any burst is called.
+    """
+
+    alpha: float = 0.05
+    burst_alpha: float = 0.002
+    ratio: float = 4.0
+    min_sigma: float = 6.0
+    min_updates: int = 30
+
+    def update(self, state: dict[str, float], rate: float) -> tuple[float, bool, dict[str, float]]:
+        """Score ``rate`` against ``state`` and learn it; returns (score in [0, 1], is_burst, state)."""
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"rate must be a finite non-negative number, got {rate!r}")
+        n = float(state.get("n", 0.0))
+        mean = float(state.get("mean", rate))
+        dev = float(state.get("dev", 0.0))
+        spread = max(dev, 0.1 * mean, 1e-3)
+        sigma = (rate - mean) / spread
+        is_burst = n >= self.min_updates and rate > self.ratio * max(mean, 1e-3) and sigma > self.min_sigma
+        score = 0.0 if n < self.min_updates else float(1.0 - math.exp(-max(sigma, 0.0) / self.min_sigma))
+        weight = self.burst_alpha if is_burst else (self.alpha if n >= self.min_updates else 1.0 / (n + 1))
+        new_mean = mean + weight * (rate - mean)
+        new_dev = dev + weight * (abs(rate - mean) - dev)
+        return score, is_burst, {"n": n + 1, "mean": new_mean, "dev": new_dev}
