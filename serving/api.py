@@ -6,6 +6,7 @@
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +24,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from models.registry import ModelRegistry
-from pipeline import keys, outbox, receipts, tenants
+from pipeline import guard, keys, outbox, receipts, tenants
+from pipeline.apilimit import count_request
 from pipeline.errors import AuthError, InvalidInputError
 from pipeline.featurestore import load_features, load_profile
 from pipeline.redis_server import connect
@@ -136,10 +138,18 @@ def _problem(status: int, title: str, detail: Any = None, **extra: Any) -> JSONR
                         headers=headers)
 
 
+class _TooManyRequests(HTTPException):
+    def __init__(self, detail: str, retry_after_seconds: int):
+        super().__init__(429, detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
               413: "Payload Too Large", 429: "Too Many Requests"}
+    if isinstance(exc, _TooManyRequests):
+        return _problem(429, titles[429], exc.detail, retry_after=exc.retry_after_seconds)
     return _problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
 
 
@@ -208,6 +218,23 @@ class Api:
         self._ar = aioredis.Redis.from_url(args.redis_url, decode_responses=True,
                                            max_connections=20_000)
         self._registry = ModelRegistry(args.mlflow_tracking_uri, Path(args.mlflow_artifact_root))
+        self._seen_series: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        threading.Thread(target=self._feed_guard, name="guard-feed", daemon=True).start()
+
+    def _feed_guard(self) -> None:
+        """Every second, hand each finished second of API traffic to the tenant's guard."""
+        while not self._stop.wait(1.0):
+            for tenant_id, series in list(self._seen_series):
+                try:
+                    # One replica feeds a tenant at a time; the others skip this round.
+                    if not self._r.set(keys.guard_lock(tenant_id), "1", nx=True, px=900):
+                        continue
+                    for alert in guard.observe_traffic(self._r, tenant_id, series, time.time()):
+                        log.warning("guard alert for tenant %s: %s; %s", tenant_id,
+                                    alert.reason, alert.action)
+                except redis.RedisError:
+                    log.exception("guard feed failed for tenant %s", tenant_id)
 
     def _auth(self, authorization: str | None, scope: str) -> tenants.ApiKey:
         if not authorization or not authorization.startswith("Bearer "):
@@ -218,8 +245,42 @@ class Api:
             raise HTTPException(401, str(e)) from None
         if scope not in key.scopes and "admin" not in key.scopes:
             raise HTTPException(403, f"this key lacks the {scope!r} scope")
+        now = time.time()
+        series = f"key:{key.key_id}"
+        guard.record_requests(self._r, key.tenant_id, series, now)
+        self._seen_series.add((key.tenant_id, series))
+        if guard.is_throttled(self._r, key.tenant_id, series, now):
+            raise _TooManyRequests(
+                "the traffic guard throttles this API key after a burst; see GET /v1/alerts", 60
+            )
+        plan = tenants.get_tenant(self._r, key.tenant_id).plan
+        verdict = count_request(self._r, key.tenant_id, plan.requests_per_second, now)
+        if not verdict.is_allowed:
+            raise _TooManyRequests(
+                f"over the plan's {plan.requests_per_second} requests/s", verdict.retry_after_seconds
+            )
         _count_tenant_request(key.tenant_id, scope)
         return key
+
+    @app.get("/v1/alerts")
+    def alerts(self, include_cleared: bool = False,
+               authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """The tenant's traffic-guard alerts and the actions taken."""
+        key = self._auth(authorization, "admin")
+        return {"alerts": guard.list_alerts(self._r, key.tenant_id, include_cleared)}
+
+    @app.post("/v1/alerts/{alert_id}/clear")
+    def clear_alert(self, alert_id: str, operator: str = "api",
+                    authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Clear an alert: the throttle it set is lifted; the alert stays in the history."""
+        key = self._auth(authorization, "admin")
+        try:
+            cleared = guard.clear_alert(self._r, key.tenant_id, alert_id, operator, time.time())
+        except (ValueError, redis.ResponseError):
+            cleared = False
+        if not cleared:
+            raise _not_found("alert")
+        return {"id": alert_id, "cleared": True}
 
     @app.get("/metrics")
     def metrics(self) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import redis
 import websockets
 
-from pipeline import keys, tenants
+from pipeline import guard, keys, tenants
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
 from pipeline.generator import generate_tenant
@@ -98,6 +99,64 @@ def test_missing_or_unknown_key_gets_401_problem(world: World, key: str | None) 
         assert response.status_code == 401
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["status"] == 401
+
+
+def test_over_the_plans_request_rate_gets_429_with_retry_after(
+    world: World, redis_server: EmbeddedRedis
+) -> None:
+    r = connect(redis_server.url)
+    tid = "api-slow"
+    if not tenants.tenant_exists(r, tid):
+        tenants.create_tenant(r, tid, plan=tenants.Plan(requests_per_second=3))
+    key = tenants.create_api_key(r, tid, ["score"])
+    statuses = [_get(world, "/v1/tenants/me", key) for _ in range(8)]
+    limited = [s for s in statuses if s.status_code == 429]
+    assert limited, [s.status_code for s in statuses]
+    assert int(limited[0].headers["Retry-After"]) >= 1
+    assert "3 requests/s" in limited[0].json()["detail"]
+    # Another tenant is not slowed by this one's limit.
+    assert _get(world, "/v1/tenants/me", world.key_b).status_code == 200
+
+
+def test_guard_throttles_only_the_bursting_key_until_an_operator_clears_it(
+    world: World, redis_server: EmbeddedRedis
+) -> None:
+    r = connect(redis_server.url)
+    tid = "api-burst"
+    if not tenants.tenant_exists(r, tid):
+        tenants.create_tenant(r, tid)
+    noisy = tenants.create_api_key(r, tid, ["score"])
+    calm = tenants.create_api_key(r, tid, ["score"])
+    admin = tenants.create_api_key(r, tid, ["admin"])
+    noisy_series = f"key:{tenants.authenticate(r, noisy).key_id}"
+    now = int(time.time())
+    # Two minutes of history at 2 requests/s, then the last 20 s replayed at 10x.
+    for second in range(now - 120, now - 20):
+        guard.record_requests(r, tid, noisy_series, second, count=2)
+    for second in range(now - 20, now):
+        guard.record_requests(r, tid, noisy_series, second, count=20)
+    first = _get(world, "/v1/tenants/me", noisy)
+    assert first.status_code == 200  # the guard has not looked yet
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        response = _get(world, "/v1/tenants/me", noisy)
+        if response.status_code == 429:
+            break
+        time.sleep(0.5)
+    assert response.status_code == 429 and "Retry-After" in response.headers
+    assert _get(world, "/v1/tenants/me", calm).status_code == 200
+    assert _get(world, "/v1/tenants/me", world.key_a).status_code == 200
+
+    alerts = _get(world, "/v1/alerts", admin).json()["alerts"]
+    assert len(alerts) == 1 and alerts[0]["series"] == noisy_series
+    other_admin = tenants.create_api_key(r, world.tenant_a, ["admin"])
+    assert _get(world, "/v1/alerts", other_admin).json() == {"alerts": []}
+    assert _get(world, "/v1/alerts", world.key_a).status_code == 403
+    assert _post(world, f"/v1/alerts/{alerts[0]['id']}/clear", world.key_b, {}).status_code == 403
+    cleared = _post(world, f"/v1/alerts/{alerts[0]['id']}/clear", admin, {})
+    assert cleared.status_code == 200
+    assert _get(world, "/v1/tenants/me", noisy).status_code == 200
+    assert _get(world, "/v1/alerts", admin).json() == {"alerts": []}
 
 
 def test_body_over_the_limit_gets_413(world: World) -> None:
