@@ -12,8 +12,11 @@ batch form below is exactly what a stream would produce one row at a time. Score
   each give a residual. Each residual becomes a robust z-score (median and MAD of the last
   ``history`` residuals), capped, and then a likelihood in the spirit of Numenta's anomaly
   likelihood: how far the mean of the last ``short`` z-scores lies above the distribution of
-  z-scores over the last ``history`` rows, in standard deviations. The two surprises are summed
-  (a change seen by both predictors counts more) and squashed into [0, 1]. A score is only
+  z-scores over the last ``history`` rows, in standard deviations. A third surprise watches the
+  density of surprises: the mean of the last ``density`` persistence z-scores against the
+  distribution of that same mean over ``history`` rows (as Numenta's anomaly likelihood does), so
+  a run of moderate spikes counts even when no single spike is new. The surprises are summed
+  (a change seen by several tests counts more) and squashed into [0, 1]. A score is only
   reported when it is the highest of the last ``refractory`` rows, so one incident is one alert
   rather than hundreds.
 * :class:`RateBurstDetector` is the small online form the traffic guard uses per key: an EWMA
@@ -126,6 +129,19 @@ def _surprise(z: NDArray[np.float64], short: int, history: int, min_rows: int) -
     return np.maximum(np.nan_to_num(out, nan=0.0), 0.0)
 
 
+def _density_surprise(z: NDArray[np.float64], window: int, history: int,
+                      min_rows: int) -> NDArray[np.float64]:
+    """Standard deviations by which the mean of the last ``window`` z-scores exceeds that mean's
+    own history (>= 0): Numenta's anomaly likelihood, judged on the averaged scores."""
+    recent = pd.Series(z).rolling(window, min_periods=1).mean()
+    before = recent.shift(1)
+    mean = before.rolling(history, min_periods=min_rows).mean().to_numpy()
+    std = before.rolling(history, min_periods=min_rows).std().to_numpy()
+    spread = np.maximum(std, 1e-9 + 1e-3 * np.abs(mean))
+    out = (recent.to_numpy() - mean) / spread
+    return np.maximum(np.nan_to_num(out, nan=0.0), 0.0)
+
+
 def _seasonal_baseline(index: pd.DatetimeIndex, x: NDArray[np.float64], slots_per_day: int,
                        alpha: float) -> NDArray[np.float64]:
     """EWMA of the same time-of-day slot on earlier days (NaN until a slot has been seen)."""
@@ -147,6 +163,9 @@ class SeasonalLikelihood:
     ----------
     short : int, default=3
         Rows in the recent mean of z-scores whose likelihood is judged.
+    density : int, default=10
+        Rows in the mean of persistence z-scores whose likelihood is judged against the
+        distribution of that mean (a burst of spikes, a rise in variance).
     history : int, default=2000
         Rows of past residuals and z-scores the robust scale and the likelihood are learnt on.
     min_rows : int, default=200
@@ -163,6 +182,7 @@ class SeasonalLikelihood:
     """
 
     short: int = 3
+    density: int = 10
     history: int = 2000
     min_rows: int = 200
     cap: float = 30.0
@@ -171,7 +191,7 @@ class SeasonalLikelihood:
     squash: float = 10.0
 
     def _check(self) -> None:
-        for name in ("short", "history", "min_rows", "refractory"):
+        for name in ("short", "density", "history", "min_rows", "refractory"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -191,7 +211,7 @@ class SeasonalLikelihood:
         Returns
         -------
         dict of str to ndarray of shape (n_rows,)
-            ``"persistence"`` and ``"seasonal"``.
+            ``"persistence"``, ``"seasonal"`` and ``"density"`` (of persistence surprises).
         """
         self._check()
         index, x = _series(timestamps, values)
@@ -200,11 +220,13 @@ class SeasonalLikelihood:
             "persistence": np.r_[0.0, np.diff(x)] if len(x) else x,
             "seasonal": np.nan_to_num(x - _seasonal_baseline(index, x, slots, self.seasonal_alpha)),
         }
-        out = {}
+        out, zs = {}, {}
         for name, residual in residuals.items():
-            z = np.minimum(_robust_z(residual, self.history, max(1, self.min_rows // 2)),
-                           self.cap)
-            out[name] = _surprise(z, self.short, self.history, self.min_rows)
+            zs[name] = np.minimum(_robust_z(residual, self.history, max(1, self.min_rows // 2)),
+                                  self.cap)
+            out[name] = _surprise(zs[name], self.short, self.history, self.min_rows)
+        out["density"] = _density_surprise(zs["persistence"], self.density, self.history,
+                                           self.min_rows)
         return out
 
     def score(self, timestamps: ArrayLike, values: ArrayLike) -> NDArray[np.float64]:

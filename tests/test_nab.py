@@ -98,5 +98,5 @@ def test_windowed_gaussian_scores_near_nabs_published_12_1_and_ours_beats_it() -
     baseline = score_corpus(_nab_corpus(WindowedGaussian())).score
     ours = score_corpus(_nab_corpus(SeasonalLikelihood())).score
     assert baseline == pytest.approx(12.1, abs=0.5)
-    # Issue 7 asks for >= 60; this pins what the detector reaches today (see docs/anomaly.md).
-    assert ours >= 45
+    # Issue 7 asks for >= 60; this pins what the detector reaches today, 54.19 (docs/anomaly.md).
+    assert ours >= 53

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.streaming import RateBurstDetector, SeasonalLikelihood, WindowedGaussian, make_detector
+from models.streaming import (
+    RateBurstDetector,
+    SeasonalLikelihood,
+    WindowedGaussian,
+    make_detector,
+    sampling_slots_per_day,
+)
 
 
 def _daily(n: int = 4000, seed: int = 0) -> tuple[pd.DatetimeIndex, np.ndarray]:
@@ -33,6 +39,27 @@ def test_a_broken_daily_rhythm_scores_highest_where_it_breaks() -> None:
     learnt = scores[600:]  # NAB's probation: the first 15% are for learning
     assert 3000 <= 600 + int(np.argmax(learnt)) < 3100
     assert scores[600:2990].max() < learnt.max() * 0.8
+
+
+def test_slots_per_day_does_not_depend_on_the_time_unit() -> None:
+    stamps = pd.date_range("2025-01-01", periods=100, freq="30min")
+    # pandas 3 parses CSV times to microseconds; asi8 then counts microseconds, not nanoseconds.
+    assert sampling_slots_per_day(stamps.as_unit("us")) == 48
+    assert sampling_slots_per_day(stamps.as_unit("s")) == 48
+    assert sampling_slots_per_day(stamps) == 48
+
+
+def test_a_run_of_moderate_spikes_is_seen_by_the_density_surprise() -> None:
+    rng = np.random.default_rng(2)
+    n = 3000
+    stamps = pd.date_range("2025-01-01", periods=n, freq="5min")
+    values = rng.normal(0, 1, n)
+    values[rng.choice(np.arange(300, 2500), 40, replace=False)] += 6.0  # rare spikes are normal
+    values[2600:2700:4] += 6.0  # then the same spikes, dense
+    parts = SeasonalLikelihood().surprises(stamps, values)
+    learnt = parts["density"][600:]  # NAB's probation: the first 15% are for learning
+    assert 2600 <= 600 + int(np.argmax(learnt)) < 2700
+    assert parts["density"][2600:2700].max() > 2 * parts["density"][600:2500].max()
 
 
 def test_unknown_detector_and_bad_values_are_clear_errors() -> None:
