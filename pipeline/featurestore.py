@@ -11,7 +11,15 @@ import redis
 
 from pipeline import keys
 
-__all__ = ["store_features", "load_features", "store_profiles", "load_profile", "feature_columns"]
+__all__ = [
+    "store_features",
+    "load_features",
+    "store_profiles",
+    "load_profile",
+    "feature_columns",
+    "store_send_hours",
+    "load_send_hours",
+]
 
 _BATCH = 5_000
 
@@ -67,3 +75,23 @@ def store_profiles(r: redis.Redis, tenant_id: str, profiles: pd.DataFrame) -> in
 def load_profile(r: redis.Redis, tenant_id: str, user_id: str) -> dict[str, object] | None:
     raw = r.hget(keys.user_profiles(tenant_id), user_id)
     return json.loads(raw) if raw else None
+
+
+def store_send_hours(r: redis.Redis, tenant_id: str, hours: pd.Series) -> int:
+    """Replace the tenant's best send hours (index user_id, values 0-23 local time)."""
+    key = keys.send_hours(tenant_id)
+    items = {str(u): int(h) for u, h in hours.items()}
+    pipe = r.pipeline(transaction=False)
+    pipe.delete(key)
+    pairs = list(items.items())
+    for start in range(0, len(pairs), _BATCH):
+        pipe.hset(key, mapping=dict(pairs[start : start + _BATCH]))
+    pipe.execute()
+    return len(items)
+
+
+def load_send_hours(r: redis.Redis, tenant_id: str, user_ids: Sequence[str]) -> dict[str, int]:
+    if not user_ids:
+        return {}
+    raw = r.hmget(keys.send_hours(tenant_id), list(user_ids))
+    return {u: int(h) for u, h in zip(user_ids, raw, strict=True) if h is not None}

@@ -205,3 +205,18 @@ def api_request_window(tenant_id: str, second: int) -> str:
 def guard_lock(tenant_id: str) -> str:
     """Held briefly by the one API replica that feeds the tenant's traffic to the guard."""
     return f"{_tenant(tenant_id)}:guardlock"
+
+
+def events_stream(tenant_id: str) -> str:
+    """Stream of ingested behaviour events (bounded), the input of the next feature build."""
+    return f"{_tenant(tenant_id)}:events"
+
+
+def event_ids(tenant_id: str, day: int) -> str:
+    """Set of event ids received on one UTC day (days since the epoch), for deduplication."""
+    return f"{_tenant(tenant_id)}:eventids:{int(day)}"
+
+
+def send_hours(tenant_id: str) -> str:
+    """Hash: user id -> best hour (0-23, user's local time) to receive a push."""
+    return f"{_tenant(tenant_id)}:sendhours"

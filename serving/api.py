@@ -9,9 +9,11 @@ import logging
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pandas as pd
 import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
@@ -27,7 +29,8 @@ from models.registry import ModelRegistry
 from pipeline import guard, keys, outbox, receipts, tenants
 from pipeline.apilimit import count_request
 from pipeline.errors import AuthError, InvalidInputError
-from pipeline.featurestore import load_features, load_profile
+from pipeline.events import ingest_events
+from pipeline.featurestore import feature_columns, load_features, load_profile, load_send_hours
 from pipeline.redis_server import connect
 from serving.args import ServingArgs
 
@@ -126,6 +129,7 @@ def _render_metrics(push_counts: dict[str, dict[str, int]]) -> Response:
 app.add_middleware(_BodyLimitAndMetrics)
 
 _USER_ID = r"^[A-Za-z0-9_.:@-]{1,128}$"
+DEFAULT_SEND_HOUR = 19
 
 
 def _problem(status: int, title: str, detail: Any = None, **extra: Any) -> JSONResponse:
@@ -168,14 +172,45 @@ async def _invalid_input(request: Request, exc: InvalidInputError) -> JSONRespon
                     errors=[{"field": exc.field, "problem": exc.problem}])
 
 
-class ScoreRequest(BaseModel):
+class InlineUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_ids: list[Annotated[str, Field(pattern=_USER_ID)]] = Field(min_length=1, max_length=1000)
+    user_id: str = Field(pattern=_USER_ID)
+    features: dict[str, float | None]
+
+
+class ScoreRequest(BaseModel):
+    """Score users the tenant has sent us by id, or users described inline by their features."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_ids: list[Annotated[str, Field(pattern=_USER_ID)]] = Field(default_factory=list,
+                                                                   max_length=1000)
+    users: list[InlineUser] = Field(default_factory=list, max_length=1000)
 
 
 class ScoreItem(BaseModel):
     user_id: str
     score: float
+    best_send_hour: int
+    reasons: list[str]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_id: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(pattern=_USER_ID)
+    event_time: datetime
+    event_type: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    value: float | None = None
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event] = Field(min_length=1, max_length=10_000)
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    duplicates: int
 
 
 class ScoreResponse(BaseModel):
@@ -342,23 +377,60 @@ class Api:
     def score(self, request: ScoreRequest,
               authorization: Annotated[str | None, Header()] = None) -> ScoreResponse:
         key = self._auth(authorization, "score")
-        features = load_features(self._r, key.tenant_id, request.user_ids)
-        missing = [u for u in request.user_ids if u not in features.index]
-        if missing:
-            raise HTTPException(404, f"users not found: {missing[:20]}")
+        if bool(request.user_ids) == bool(request.users):
+            raise InvalidInputError("user_ids", "give either user_ids or users (inline features), "
+                                    "one of them and not both")
+        if request.user_ids:
+            features = load_features(self._r, key.tenant_id, request.user_ids)
+            missing = [u for u in request.user_ids if u not in features.index]
+            if missing:
+                raise HTTPException(404, f"users not found: {missing[:20]}")
+        else:
+            features = self._inline_features(key.tenant_id, request.users)
         try:
             result = self._scorer.options(multiplexed_model_id=key.tenant_id).score.remote(
                 features
             ).result()
         except Exception as e:  # noqa: BLE001 - Ray wraps the replica's error; we name it.
-            if "LookupError" in repr(e) or "no " in str(e) and "champion" in str(e):
-                raise HTTPException(404, "no champion model for this tenant; train one first") from None
+            if "LookupError" in repr(e):
+                raise HTTPException(404, "no champion model for this tenant; train one") from None
             raise
+        hours = load_send_hours(self._r, key.tenant_id, list(features.index))
         return ScoreResponse(
             model_version=result["model_version"],
-            scores=[ScoreItem(user_id=u, score=s)
-                    for u, s in zip(features.index, result["scores"], strict=True)],
+            scores=[
+                ScoreItem(user_id=u, score=s, best_send_hour=hours.get(u, DEFAULT_SEND_HOUR),
+                          reasons=reasons)
+                for u, s, reasons in zip(features.index, result["scores"], result["reasons"],
+                                         strict=True)
+            ],
         )
+
+    def _inline_features(self, tenant_id: str, users: list[InlineUser]) -> pd.DataFrame:
+        columns = feature_columns(self._r, tenant_id)
+        if not columns:
+            raise HTTPException(404, "no model features for this tenant; train a model first")
+        for i, user in enumerate(users):
+            unknown = sorted(set(user.features) - set(columns))
+            if unknown:
+                raise InvalidInputError(f"users.{i}.features", f"unknown features {unknown[:5]}; "
+                                        f"the model uses {columns}")
+        rows = [[u.features.get(c) for c in columns] for u in users]
+        frame = pd.DataFrame(rows, columns=columns, dtype=float)
+        frame.index = pd.Index([u.user_id for u in users], name="user_id")
+        return frame
+
+    @app.post("/v1/events", response_model=EventsResponse, status_code=202)
+    def events(self, request: EventsRequest,
+               authorization: Annotated[str | None, Header()] = None) -> EventsResponse:
+        """Ingest behaviour events; an event id seen in the last 48 hours is a duplicate."""
+        key = self._auth(authorization, "events:write")
+        accepted, duplicates = ingest_events(
+            self._r, key.tenant_id,
+            [(e.event_id, e.user_id, e.event_time.timestamp(), e.event_type, e.value)
+             for e in request.events],
+        )
+        return EventsResponse(accepted=accepted, duplicates=duplicates)
 
     @app.post("/v1/pushes", response_model=PushResponse, status_code=202)
     def send_pushes(self, request: PushRequest,

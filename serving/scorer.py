@@ -12,10 +12,18 @@ import numpy as np
 import pandas as pd
 from ray import serve
 
+from models.propensity import PropensityModel, reason_codes
 from models.registry import ModelRegistry
 from serving.args import ServingArgs
 
 __all__ = ["Scorer"]
+
+
+def _reasons(model: Any, features: pd.DataFrame) -> list[list[str]]:
+    """Reason codes where the model can give them (a propensity model), else none."""
+    if not isinstance(model, PropensityModel):
+        return [[] for _ in range(len(features))]
+    return reason_codes(model, features, top=3)
 
 
 @dataclass
@@ -63,7 +71,11 @@ class Scorer:
         tenant_id = serve.get_multiplexed_model_id()
         tenant_model = await self._fresh(tenant_id)
         proba, version = await self._score_batched((tenant_id, tenant_model, features))
-        return {"scores": proba.tolist(), "model_version": version}
+        return {
+            "scores": proba.tolist(),
+            "model_version": version,
+            "reasons": _reasons(tenant_model.model, features),
+        }
 
     # Many small requests share one predict_proba call per tenant; a batch closes at 4,096 rows
     # or after 2 ms, so a lone request waits at most that long.

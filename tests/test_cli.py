@@ -129,3 +129,30 @@ def test_layers_import_downward_only() -> None:
                     assert not stripped.startswith((f"import {name}", f"from {name}")), (
                         f"{path.relative_to(root)} imports {name}: {stripped}"
                     )
+
+
+def test_alerts_are_listed_and_cleared_by_an_operator(data_dir: Path) -> None:
+    import time
+
+    from pipeline import guard
+
+    now = int(time.time())
+    with EmbeddedRedis(data_dir) as server:
+        r = connect(server.url)
+        for second in range(now - 120, now - 10):
+            guard.record_requests(r, "shop", "key:abc", second, count=2)
+        for second in range(now - 10, now):
+            guard.record_requests(r, "shop", "key:abc", second, count=40)
+        assert guard.observe_traffic(r, "shop", "key:abc", now)
+    listed = run(data_dir, "alerts", "list", "--tenant", "shop")
+    assert listed.returncode == 0, listed.stderr
+    alert = json.loads(listed.stdout.splitlines()[0])
+    assert alert["series"] == "key:abc" and "throttled" in alert["action"]
+    cleared = run(data_dir, "alerts", "clear", "--tenant", "shop", "--id", alert["id"],
+                  "--operator", "oncall")
+    assert cleared.returncode == 0, cleared.stderr
+    assert run(data_dir, "alerts", "list", "--tenant", "shop").stdout == ""
+    again = run(data_dir, "alerts", "list", "--tenant", "shop", "--all").stdout
+    assert json.loads(again.splitlines()[0])["cleared_by"] == "oncall"
+    missing = run(data_dir, "alerts", "clear", "--tenant", "shop", "--id", "1-0", "--operator", "x")
+    assert missing.returncode == 2 and "no alert" in missing.stderr

@@ -189,6 +189,77 @@ def test_scores_own_users(world: World) -> None:
     assert len({round(s["score"], 6) for s in scores}) > 1
 
 
+def test_scores_come_with_send_hour_and_reasons(world: World) -> None:
+    scores = _post(world, "/v1/score", world.key_a, {"user_ids": world.users_a[:20]}).json()["scores"]
+    assert all(0 <= s["best_send_hour"] <= 23 for s in scores)
+    assert all(isinstance(s["reasons"], list) and len(s["reasons"]) <= 3 for s in scores)
+    assert any(s["reasons"] for s in scores)
+
+
+def test_scores_inline_features_like_stored_ones(world: World) -> None:
+    user = world.users_a[0]
+    stored = _get(world, f"/v1/users/{user}", world.key_a).json()["features"]
+    by_id = _post(world, "/v1/score", world.key_a, {"user_ids": [user]}).json()["scores"][0]
+    inline = _post(world, "/v1/score", world.key_a,
+                   {"users": [{"user_id": user, "features": stored}]}).json()["scores"][0]
+    assert inline["score"] == pytest.approx(by_id["score"])
+    bad = _post(world, "/v1/score", world.key_a,
+                {"users": [{"user_id": user, "features": {"shoe_size": 42}}]})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "users.0.features"
+    both = _post(world, "/v1/score", world.key_a, {"user_ids": [user], "users": [
+        {"user_id": user, "features": stored}]})
+    assert both.status_code == 422
+
+
+def test_events_are_ingested_once_per_event_id(world: World, redis_server: EmbeddedRedis) -> None:
+    r = connect(redis_server.url)
+    writer = tenants.create_api_key(r, world.tenant_a, ["events:write"])
+    batch = {"events": [
+        {"event_id": f"ev-{i}", "user_id": "u000001", "event_time": "2025-03-20T10:00:00Z",
+         "event_type": "view"} for i in range(5)
+    ]}
+    first = _post(world, "/v1/events", writer, batch)
+    again = _post(world, "/v1/events", writer, batch)
+    assert first.status_code == again.status_code == 202
+    assert first.json() == {"accepted": 5, "duplicates": 0}
+    assert again.json() == {"accepted": 0, "duplicates": 5}
+    assert r.xlen(keys.events_stream(world.tenant_a)) >= 5
+    assert not r.exists(keys.events_stream(world.tenant_b))
+    assert _post(world, "/v1/events", world.key_a, batch).status_code == 403
+    bad = _post(world, "/v1/events", writer, {"events": [
+        {"event_id": "x", "user_id": "u1", "event_time": "not a time", "event_type": "view"}]})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "events.0.event_time"
+    pii = _post(world, "/v1/events", writer, {"events": [
+        {"event_id": "y", "user_id": "u1", "event_time": "2025-03-20T10:00:00Z",
+         "event_type": "view", "email": "someone@example.com"}]})
+    assert pii.status_code == 422
+
+
+def test_promoting_a_new_champion_changes_scores_within_seconds_without_failures(
+    world: World, registry: Any
+) -> None:
+    users = world.users_b[:30]
+    before = _post(world, "/v1/score", world.key_b, {"user_ids": users}).json()
+    data = generate_tenant(world.tenant_b, users=400, days=21, seed=99)
+    from pipeline.training import train_propensity
+
+    result = train_propensity(world.tenant_b, data.events, cutoff=data.cutoff,
+                              horizon_days=data.horizon_days, registry=registry, force=True)
+    assert result.version.is_champion
+    deadline = time.monotonic() + 10
+    failures = 0
+    while time.monotonic() < deadline:
+        response = _post(world, "/v1/score", world.key_b, {"user_ids": users})
+        failures += response.status_code != 200
+        if response.status_code == 200 and response.json()["model_version"] == result.version.version:
+            break
+        time.sleep(0.2)
+    assert failures == 0
+    after = response.json()
+    assert after["model_version"] == result.version.version != before["model_version"]
+    assert [s["score"] for s in after["scores"]] != [s["score"] for s in before["scores"]]
+
+
 def test_another_tenants_users_look_exactly_like_unknown_ones(world: World) -> None:
     own_b_user = world.users_b[-1]
     assert own_b_user not in world.users_a
