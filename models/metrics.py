@@ -16,6 +16,11 @@ __all__ = [
     "brier",
     "calibration_table",
     "propensity_report",
+    "uplift_at",
+    "uplift_curve",
+    "qini_auc",
+    "auuc",
+    "uplift_report",
 ]
 
 
@@ -192,4 +197,198 @@ def propensity_report(y: ArrayLike, p: ArrayLike) -> dict[str, float]:
         "lift_at_10pct": lift_at(y_arr, p_arr, 0.1),
         "brier": brier(y_arr, p_arr),
         "base_rate": float(y_arr.mean()),
+    }
+
+
+def _check_uplift(
+    y: ArrayLike, treatment: ArrayLike, uplift: ArrayLike
+) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.float64]]:
+    """Return 0/1 outcomes, a treated mask and float scores, or raise ValueError."""
+    y_arr = np.asarray(y).ravel()
+    t_arr = np.asarray(treatment).ravel()
+    u_arr = np.asarray(uplift, dtype=float).ravel()
+    if not y_arr.shape[0] == t_arr.shape[0] == u_arr.shape[0]:
+        raise ValueError(
+            f"y, treatment and uplift must have the same length, got {y_arr.shape[0]}, "
+            f"{t_arr.shape[0]} and {u_arr.shape[0]}"
+        )
+    if y_arr.shape[0] == 0:
+        raise ValueError("y is empty; uplift metrics need treated and control users")
+    for name, values in (("y", y_arr), ("treatment", t_arr)):
+        labels = set(np.unique(values).tolist())
+        if not labels <= {0, 1}:
+            raise ValueError(f"{name} must hold 0/1 values, got {sorted(labels, key=str)[:5]}")
+    t_bool = t_arr.astype(bool)
+    if t_bool.all() or not t_bool.any():
+        raise ValueError(
+            "treatment must mark both treated (1) and control (0) users; uplift is measured "
+            "against a randomised control group"
+        )
+    if not np.all(np.isfinite(u_arr)):
+        raise ValueError("uplift must be finite; found NaN or infinite scores")
+    return y_arr.astype(np.int64), t_bool, u_arr
+
+
+def uplift_curve(y: ArrayLike, treatment: ArrayLike, uplift: ArrayLike) -> pd.DataFrame:
+    """Cumulative treated/control responses as users are targeted in order of ``uplift``.
+
+    Ties are broken by the original order, so the curve is deterministic.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_users,)
+        Binary outcomes, 0 or 1.
+    treatment : array-like of shape (n_users,)
+        1 for users who got the push in the randomised log, 0 for the control group.
+    uplift : array-like of shape (n_users,)
+        Predicted extra response from the push; higher is targeted first.
+
+    Returns
+    -------
+    DataFrame of shape (n_users, 7)
+        Per number targeted: ``fraction``, ``n_treated``, ``n_control``, ``responses_treated``,
+        ``responses_control``, ``qini`` (incremental responses among the treated targeted:
+        treated responses minus control responses scaled to the treated count) and ``gain``
+        (treated minus control response rate, times the fraction targeted).
+    """
+    y_arr, t_bool, u_arr = _check_uplift(y, treatment, uplift)
+    order = np.argsort(-u_arr, kind="stable")
+    y_sorted, t_sorted = y_arr[order], t_bool[order]
+    n_treated = np.cumsum(t_sorted)
+    n_control = np.cumsum(~t_sorted)
+    responses_treated = np.cumsum(y_sorted * t_sorted)
+    responses_control = np.cumsum(y_sorted * ~t_sorted)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate_treated = np.where(n_treated > 0, responses_treated / n_treated, 0.0)
+        rate_control = np.where(n_control > 0, responses_control / n_control, 0.0)
+        scaled_control = np.where(
+            n_control > 0, responses_control * n_treated / np.maximum(n_control, 1), 0.0
+        )
+    fraction = np.arange(1, y_arr.shape[0] + 1) / y_arr.shape[0]
+    return pd.DataFrame(
+        {
+            "fraction": fraction,
+            "n_treated": n_treated,
+            "n_control": n_control,
+            "responses_treated": responses_treated,
+            "responses_control": responses_control,
+            "qini": responses_treated - scaled_control,
+            "gain": (rate_treated - rate_control) * fraction,
+        }
+    )
+
+
+def uplift_at(y: ArrayLike, treatment: ArrayLike, uplift: ArrayLike, k: float = 0.3) -> float:
+    """Treated minus control response rate among the top ``k`` share of users by ``uplift``.
+
+    This is the extra response per user that targeting the top ``k`` would have caused,
+    measured on the randomised log. Random targeting scores the overall treatment effect.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_users,)
+        Binary outcomes, 0 or 1.
+    treatment : array-like of shape (n_users,)
+        1 for treated users, 0 for control users.
+    uplift : array-like of shape (n_users,)
+        Predicted uplift; any monotone score works.
+    k : float, default=0.3
+        Share of users targeted, in (0, 1].
+
+    Returns
+    -------
+    float
+    """
+    if not 0.0 < k <= 1.0:
+        raise ValueError(f"k must be in (0, 1], got {k!r}")
+    y_arr, t_bool, u_arr = _check_uplift(y, treatment, uplift)
+    n_top = math.ceil(k * y_arr.shape[0])
+    top = np.argsort(-u_arr, kind="stable")[:n_top]
+    y_top, t_top = y_arr[top], t_bool[top]
+    if t_top.all() or not t_top.any():
+        raise ValueError(
+            f"the top {k:.0%} ({n_top} users) holds only "
+            f"{'treated' if t_top.all() else 'control'} users; evaluate on more users"
+        )
+    return float(y_top[t_top].mean() - y_top[~t_top].mean())
+
+
+def qini_auc(y: ArrayLike, treatment: ArrayLike, uplift: ArrayLike) -> float:
+    """Area between the Qini curve and random targeting, per treated user.
+
+    The Qini curve counts incremental responses among the targeted treated users as more
+    users are targeted; random targeting is the straight line to the same end point. Both
+    are divided by the number of treated users, and the fraction targeted runs over
+    (0, 1], so 0 is random targeting and higher is better.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_users,)
+        Binary outcomes, 0 or 1.
+    treatment : array-like of shape (n_users,)
+        1 for treated users, 0 for control users.
+    uplift : array-like of shape (n_users,)
+        Predicted uplift.
+
+    Returns
+    -------
+    float
+    """
+    curve = uplift_curve(y, treatment, uplift)
+    qini = curve["qini"].to_numpy()
+    random = qini[-1] * curve["fraction"].to_numpy()
+    return float((qini - random).mean() / curve["n_treated"].iloc[-1])
+
+
+def auuc(y: ArrayLike, treatment: ArrayLike, uplift: ArrayLike) -> float:
+    """Area under the uplift (cumulative gain) curve, over the fraction targeted in (0, 1].
+
+    Random targeting scores about half the overall treatment effect; compare with
+    ``uplift_report(...)["auuc_random"]``.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_users,)
+        Binary outcomes, 0 or 1.
+    treatment : array-like of shape (n_users,)
+        1 for treated users, 0 for control users.
+    uplift : array-like of shape (n_users,)
+        Predicted uplift.
+
+    Returns
+    -------
+    float
+    """
+    return float(uplift_curve(y, treatment, uplift)["gain"].mean())
+
+
+def uplift_report(y: ArrayLike, treatment: ArrayLike, uplift: ArrayLike) -> dict[str, float]:
+    """Every scalar uplift metric, for logging an uplift model's hold-out performance.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_users,)
+        Binary outcomes, 0 or 1.
+    treatment : array-like of shape (n_users,)
+        1 for treated users, 0 for control users.
+    uplift : array-like of shape (n_users,)
+        Predicted uplift.
+
+    Returns
+    -------
+    dict of str to float
+        Keys ``uplift_at_10pct``, ``uplift_at_30pct``, ``qini_auc``, ``auuc``,
+        ``auuc_random`` (the expected AUUC of random targeting) and ``ate`` (the overall
+        treatment effect, which is also the uplift at k of random targeting).
+    """
+    y_arr, t_bool, u_arr = _check_uplift(y, treatment, uplift)
+    n = y_arr.shape[0]
+    ate = float(y_arr[t_bool].mean() - y_arr[~t_bool].mean())
+    return {
+        "uplift_at_10pct": uplift_at(y_arr, t_bool, u_arr, 0.1),
+        "uplift_at_30pct": uplift_at(y_arr, t_bool, u_arr, 0.3),
+        "qini_auc": qini_auc(y_arr, t_bool, u_arr),
+        "auuc": auuc(y_arr, t_bool, u_arr),
+        "auuc_random": ate * (n + 1) / (2 * n),
+        "ate": ate,
     }

@@ -29,7 +29,7 @@ from mlflow.protos.databricks_pb2 import (  # noqa: E402
     ErrorCode,
 )
 
-from models.metrics import calibration_table  # noqa: E402
+from models.metrics import calibration_table, uplift_curve  # noqa: E402
 
 __all__ = ["ModelVersionInfo", "ModelRegistry", "registered_name", "CHAMPION_ALIAS"]
 
@@ -111,6 +111,7 @@ class ModelRegistry:
         primary_metric: str = "roc_auc",
         force: bool = False,
         champion_score: Callable[[Any], float] | None = None,
+        uplift_holdout: tuple[Any, Any, Any] | None = None,
     ) -> ModelVersionInfo:
         """Log a fitted model as one run, register it as a new version, and maybe promote it.
 
@@ -118,8 +119,12 @@ class ModelRegistry:
         when it beats the current champion on the same hold-out: ``champion_score`` gets the
         champion model and returns its ``primary_metric`` on the hold-out behind
         ``metrics``. Without ``champion_score`` an existing champion is kept, since metrics
-        from different hold-outs do not compare. ``X_example`` must hold only pseudonymous
-        features: its first rows are stored as the input example.
+        from different hold-outs do not compare; a champion score of NaN (the champion
+        cannot score this hold-out) keeps the champion. ``X_example`` must hold only
+        pseudonymous features: its first rows are stored as the input example.
+
+        ``y_holdout`` and ``p_holdout`` add ROC, gain and calibration plots to the run;
+        ``uplift_holdout``, a tuple ``(y, treatment, uplift)`` of the hold-out, adds a Qini plot.
         """
         name = registered_name(tenant_id, kind)
         if primary_metric not in metrics:
@@ -142,6 +147,8 @@ class ModelRegistry:
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
                 if y_holdout is not None and p_holdout is not None:
                     _log_plots(np.asarray(y_holdout), np.asarray(p_holdout))
+                if uplift_holdout is not None:
+                    _log_qini_plot(*(np.asarray(a) for a in uplift_holdout))
                 model_info = mlflow.sklearn.log_model(
                     model,
                     name="model",
@@ -235,6 +242,39 @@ class ModelRegistry:
             )
         return sorted(infos, key=lambda info: info.version)
 
+    def kinds(self, tenant_id: str) -> list[str]:
+        """Kinds of model the tenant has registered, sorted."""
+        prefix = registered_name(tenant_id, "x")[:-1]
+        # '_' is a LIKE wildcard and tenant ids may hold it, so the prefix is re-checked here.
+        found = self._client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
+        return sorted(m.name[len(prefix):] for m in found if m.name.startswith(prefix))
+
+    def describe_version(self, tenant_id: str, kind: str, version: int) -> dict[str, Any]:
+        """One version's metrics, parameters, tags and promotion decision; LookupError if absent."""
+        name = registered_name(tenant_id, kind)
+        try:
+            mv = self._client.get_model_version(name, str(version))
+        except MlflowException as e:
+            if not _is_error(e, RESOURCE_DOES_NOT_EXIST):
+                raise
+            raise LookupError(
+                f"tenant {tenant_id!r} has no {kind!r} model version {version}; "
+                "see list_versions for the registered ones"
+            ) from e
+        run = self._client.get_run(mv.run_id) if mv.run_id else None
+        return {
+            "tenant": tenant_id,
+            "kind": kind,
+            "version": int(mv.version),
+            "name": name,
+            "run_id": mv.run_id or "",
+            "is_champion": self._champion_version_by_name(name) == int(mv.version),
+            "created_at_ms": int(mv.creation_timestamp or 0),
+            "metrics": {k: float(v) for k, v in (run.data.metrics if run else {}).items()},
+            "params": dict(run.data.params) if run else {},
+            "tags": dict(mv.tags or {}),
+        }
+
     def promote(self, tenant_id: str, kind: str, version: int) -> None:
         """Make ``version`` the champion, whatever its metrics; LookupError if it does not exist."""
         name = registered_name(tenant_id, kind)
@@ -306,6 +346,17 @@ def _log_plots(y: np.ndarray[Any, Any], p: np.ndarray[Any, Any]) -> None:
     ax.legend(loc="lower right")
     mlflow.log_figure(fig, "plots/roc.png")
 
+    order = np.argsort(-scores, kind="stable")
+    targeted = np.arange(1, len(order) + 1) / len(order)
+    captured = np.cumsum(y[order]) / max(int(y.sum()), 1)
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.plot(targeted, captured, label="model")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
+    ax.set(xlabel="share of users targeted", ylabel="share of responders reached", title="Gain")
+    ax.legend(loc="lower right")
+    mlflow.log_figure(fig, "plots/gain.png")
+
     table = calibration_table(y, scores)
     fig = Figure(figsize=(4, 4))
     ax = fig.add_subplot()
@@ -314,3 +365,24 @@ def _log_plots(y: np.ndarray[Any, Any], p: np.ndarray[Any, Any]) -> None:
     ax.set(xlabel="mean predicted", ylabel="observed rate", title="Calibration")
     ax.legend(loc="upper left")
     mlflow.log_figure(fig, "plots/calibration.png")
+
+
+def _log_qini_plot(
+    y: np.ndarray[Any, Any], treatment: np.ndarray[Any, Any], uplift: np.ndarray[Any, Any]
+) -> None:
+    """Log the hold-out's Qini curve against random targeting to the active run."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    curve = uplift_curve(y, treatment, uplift)
+    fraction = np.r_[0.0, curve["fraction"].to_numpy()]
+    qini = np.r_[0.0, curve["qini"].to_numpy()] / max(int(curve["n_treated"].iloc[-1]), 1)
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.plot(fraction, qini, label="model")
+    ax.plot([0, 1], [0, qini[-1]], linestyle="--", color="grey", label="random")
+    ax.set(xlabel="share of users targeted", ylabel="incremental responses per treated user",
+           title="Qini")
+    ax.legend(loc="upper left")
+    mlflow.log_figure(fig, "plots/qini.png")

@@ -1,50 +1,256 @@
-"""`pushpilot model ...`: train, inspect and promote tenants' models."""
+"""`pushpilot model ...`: train, inspect, promote and batch-score tenants' models."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import typer
 
 from serving.cli_common import fail, redis_client, settings
 
+if TYPE_CHECKING:
+    from models.registry import ModelRegistry
+
 __all__ = ["app"]
 
 app = typer.Typer(help="Tenants' models.", no_args_is_help=True)
+
+_OUT_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _known_tenant(tenant: str) -> None:
+    """Raise UnknownTenantError (exit 2) before anything is read or written."""
+    from pipeline import tenants
+
+    with redis_client() as r:
+        tenants.get_tenant(r, tenant)
+
+
+def _registry() -> ModelRegistry:
+    from models.registry import ModelRegistry
+
+    current = settings()
+    return ModelRegistry(current.mlflow_tracking_uri, current.mlflow_artifact_root)
+
+
+def _utc(value: str, option: str) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+    except ValueError:
+        fail(f"{option}: cannot read {value!r} as a date")
+    if stamp is pd.NaT:
+        fail(f"{option}: cannot read {value!r} as a date")
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in metrics.items()}
 
 
 @app.command("train")
 def model_train(
     tenant: Annotated[str, typer.Option(help="Tenant id.")],
-    events: Annotated[Path, typer.Option(help="Events file: user_id,event_time,event_type[,value].")],
-    cutoff: Annotated[str, typer.Option(help="Features use events up to this time (ISO date).")],
-    horizon: Annotated[int, typer.Option(min=1, help="Label window after the cutoff, in days.")] = 7,
-    target_event: Annotated[str, typer.Option()] = "purchase",
+    table: Annotated[Path | None, typer.Option(help="Labelled table: CSV (any separator) or Parquet.")] = None,
+    label: Annotated[str | None, typer.Option(help="Label column of --table.")] = None,
+    positive: Annotated[str | None, typer.Option(help="Label value that counts as a response; inferred for yes/no, true/false, 1/0.")] = None,
+    drop: Annotated[list[str] | None, typer.Option(help="Column of --table to leave out; repeat for more.")] = None,
+    sep: Annotated[str | None, typer.Option(help="CSV separator; sniffed when not given.")] = None,
+    treatment: Annotated[str | None, typer.Option(help="Arm column of a randomised campaign log: trains an uplift model.")] = None,
+    control: Annotated[str | None, typer.Option(help="Value of --treatment for the control group.")] = None,
+    events: Annotated[Path | None, typer.Option(help="Events file: user_id,event_time,event_type[,value].")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="With --events: features use events up to this time (ISO date).")] = None,
+    horizon: Annotated[int, typer.Option(min=1, help="With --events: label window after the cutoff, in days.")] = 7,
+    target_event: Annotated[str, typer.Option(help="With --events: the event the label waits for.")] = "purchase",
+    threads: Annotated[int, typer.Option(min=1, help="OpenMP threads; 1 is fastest on a busy host.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the hold-out split and the learner.")] = 0,
     force: Annotated[bool, typer.Option(help="Promote even if it does not beat the champion.")] = False,
 ) -> None:
-    """Train a tenant's propensity model from raw events and register it in MLflow."""
-    from models.registry import ModelRegistry
-    from pipeline import tenants
+    """Train a tenant's model from a labelled table or from raw events, and register it.
+
+    Prints one JSON line: tenant, kind, version, held-out metrics and whether it became champion.
+    """
+    if (table is None) == (events is None):
+        fail("give exactly one of --table FILE or --events FILE")
+    if table is not None:
+        if label is None:
+            fail("--label: name the label column of --table")
+        if cutoff is not None:
+            fail("--cutoff applies to --events only")
+        if (treatment is None) != (control is None):
+            fail("--treatment and --control go together: the arm column and its control value")
+        _known_tenant(tenant)
+        from pipeline.tabular import read_table, train_table
+
+        frame = read_table(table, sep)
+        started = time.perf_counter()
+        result = train_table(tenant, frame, label=label, registry=_registry(), positive=positive,
+                             drop=drop or (), treatment=treatment, control=control,
+                             random_state=seed, n_threads=threads, force=force)
+        typer.echo(json.dumps({
+            "tenant": tenant, "kind": result.kind, "version": result.version.version,
+            "metrics": _rounded(result.metrics), "champion": result.version.is_champion,
+            "learner": result.learner, "n_train": result.n_train, "n_holdout": result.n_holdout,
+            "dropped": list(drop or ()), "identifier_columns": result.dropped_identifiers,
+            "fit_seconds": round(result.fit_seconds, 2),
+            "seconds": round(time.perf_counter() - started, 2),
+        }))
+        return
+
+    assert events is not None
+    if cutoff is None:
+        fail("--cutoff: training from --events needs the cutoff date")
+    if label or treatment or drop:
+        fail("--label, --drop and --treatment apply to --table only")
+    cutoff_at = _utc(cutoff, "--cutoff")
+    _known_tenant(tenant)
     from pipeline.generator import read_events
     from pipeline.training import train_propensity
 
-    try:
-        cutoff_at = pd.Timestamp(cutoff)
-    except ValueError:
-        fail(f"--cutoff: cannot read {cutoff!r} as a date")
-    cutoff_at = cutoff_at.tz_localize("UTC") if cutoff_at.tzinfo is None else cutoff_at.tz_convert("UTC")
-    current = settings()
-    with redis_client() as r:
-        tenants.get_tenant(r, tenant)
     frame = read_events(events)
-    registry = ModelRegistry(current.mlflow_tracking_uri, current.mlflow_artifact_root)
-    result = train_propensity(tenant, frame, cutoff=cutoff_at, horizon_days=horizon,
-                              registry=registry, target_event=target_event, force=force)
+    result_events = train_propensity(tenant, frame, cutoff=cutoff_at, horizon_days=horizon,
+                                     registry=_registry(), target_event=target_event, force=force)
     typer.echo(json.dumps({
-        "tenant": tenant, "kind": "propensity", "version": result.version.version,
-        "metrics": {k: round(v, 4) for k, v in result.metrics.items()},
-        "champion": result.version.is_champion,
+        "tenant": tenant, "kind": "propensity", "version": result_events.version.version,
+        "metrics": _rounded(result_events.metrics), "champion": result_events.version.is_champion,
     }))
+
+
+def _kinds_with_version(registry: ModelRegistry, tenant: str, version: int) -> list[str]:
+    return [kind for kind in registry.kinds(tenant)
+            if any(v.version == version for v in registry.list_versions(tenant, kind))]
+
+
+def _resolve_kind(registry: ModelRegistry, tenant: str, version: int, kind: str | None) -> str:
+    if kind is not None:
+        return kind
+    kinds = _kinds_with_version(registry, tenant, version)
+    if not kinds:
+        fail(f"--version: tenant {tenant!r} has no model version {version}; "
+             f"see `pushpilot model list --tenant {tenant}`")
+    if len(kinds) > 1:
+        fail(f"--version: tenant {tenant!r} has version {version} of {kinds}; say which with --kind")
+    return kinds[0]
+
+
+@app.command("list")
+def model_list(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    kind: Annotated[str | None, typer.Option(help="Only this kind (propensity, table, uplift).")] = None,
+) -> None:
+    """List a tenant's model versions, one JSON line each, oldest first."""
+    _known_tenant(tenant)
+    registry = _registry()
+    for each in [kind] if kind else registry.kinds(tenant):
+        for info in registry.list_versions(tenant, each):
+            typer.echo(json.dumps({
+                "tenant": tenant, "kind": each, "version": info.version,
+                "champion": info.is_champion, "metrics": _rounded(info.metrics),
+            }))
+
+
+@app.command("show")
+def model_show(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    version: Annotated[int, typer.Option(min=1, help="Version number.")],
+    kind: Annotated[str | None, typer.Option(help="Kind; needed only when several kinds have this version.")] = None,
+) -> None:
+    """Show one version: metrics, parameters, promotion decision, run id."""
+    _known_tenant(tenant)
+    registry = _registry()
+    chosen = _resolve_kind(registry, tenant, version, kind)
+    try:
+        detail = registry.describe_version(tenant, chosen, version)
+    except LookupError as e:
+        fail(f"--version: {e}")
+    detail["metrics"] = _rounded(detail["metrics"])
+    typer.echo(json.dumps(detail))
+
+
+@app.command("promote")
+def model_promote(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    version: Annotated[int, typer.Option(min=1, help="Version to make champion.")],
+    kind: Annotated[str | None, typer.Option(help="Kind; needed only when several kinds have this version.")] = None,
+) -> None:
+    """Make a version the tenant's champion, whatever its metrics."""
+    _known_tenant(tenant)
+    registry = _registry()
+    chosen = _resolve_kind(registry, tenant, version, kind)
+    previous = registry.champion_version(tenant, chosen)
+    try:
+        registry.promote(tenant, chosen, version)
+    except LookupError as e:
+        fail(f"--version: {e}")
+    typer.echo(json.dumps({"tenant": tenant, "kind": chosen, "champion": version,
+                           "previous_champion": previous}))
+
+
+def _write(frame: pd.DataFrame, out: Path) -> None:
+    """Write next to ``out`` and rename, so a failure leaves no half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    if out.suffix.lower() == ".csv":
+        frame.to_csv(partial, index=False)
+    else:
+        frame.to_parquet(partial, index=False)
+    os.replace(partial, out)
+
+
+@app.command("score")
+def model_score(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
+    table: Annotated[Path | None, typer.Option(help="Table to score with the 'table' (or --kind uplift) champion.")] = None,
+    events: Annotated[Path | None, typer.Option(help="Events to score with the 'propensity' champion.")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="With --events: features use events up to this time.")] = None,
+    sep: Annotated[str | None, typer.Option(help="CSV separator of --table; sniffed when not given.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Model kind; default table for --table, propensity for --events.")] = None,
+    keep: Annotated[list[str] | None, typer.Option(help="Column of --table copied to the output (an id); repeat for more.")] = None,
+) -> None:
+    """Score every row of a table, or every user active before the cutoff, with the champion."""
+    from pipeline.errors import InvalidInputError, NoModelError
+
+    if (table is None) == (events is None):
+        fail("give exactly one of --table FILE or --events FILE")
+    if out.suffix.lower() not in _OUT_SUFFIXES:
+        fail(f"--out: unsupported file type {out.suffix or '(none)'!r}; use .csv or .parquet")
+    if events is not None and cutoff is None:
+        fail("--cutoff: scoring --events needs the cutoff date")
+    cutoff_at = _utc(cutoff, "--cutoff") if cutoff is not None else None
+    chosen = kind or ("table" if table is not None else "propensity")
+    _known_tenant(tenant)
+    try:
+        model, version = _registry().load_champion(tenant, chosen)
+    except LookupError as e:
+        raise NoModelError(tenant, chosen) from e
+
+    scored: pd.DataFrame
+    if table is not None:
+        from pipeline.tabular import read_table, score_table
+
+        frame = read_table(table, sep)
+        missing = [c for c in keep or () if c not in frame.columns]
+        if missing:
+            raise InvalidInputError("keep", f"no column {missing[0]!r} in the table; found {list(frame.columns)}")
+        scores = score_table(model, frame)
+        scored = pd.concat([pd.DataFrame({"row": range(len(frame))}),
+                            frame[list(keep or ())].reset_index(drop=True),
+                            scores.reset_index(drop=True)], axis=1)
+    else:
+        from pipeline.features import FEATURE_COLUMNS, build_features
+        from pipeline.generator import read_events
+
+        assert events is not None and cutoff_at is not None
+        features = build_features(read_events(events), cutoff_at)[list(FEATURE_COLUMNS)]
+        if features.empty:
+            raise InvalidInputError("cutoff", f"no user has events at or before {cutoff_at.isoformat()}")
+        p: Any = model.predict_proba(features)[:, 1]
+        scored = pd.DataFrame({"user_id": features.index.to_numpy(), "score": p})
+    _write(scored, out)
+    typer.echo(json.dumps({"tenant": tenant, "kind": chosen, "version": version,
+                           "rows": len(scored), "out": str(out)}))

@@ -1,0 +1,395 @@
+"""Train and score a tenant's model on its own labelled table: read, check, hold out, register.
+
+A table model is registered as kind ``"table"`` (``pushpilot.<tenant>.table``) and an uplift
+model as kind ``"uplift"``, apart from the event-based ``"propensity"`` model the scorer
+serves, because their columns are the tenant's own and differ from FEATURE_COLUMNS.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from models.metrics import propensity_report, uplift_report
+from models.registry import ModelRegistry, ModelVersionInfo
+from models.tabular import TableModel
+from models.uplift import UpliftModel
+from pipeline.errors import InvalidInputError
+
+__all__ = [
+    "TABLE_KIND",
+    "UPLIFT_KIND",
+    "TableTrainingResult",
+    "read_table",
+    "prepare_table",
+    "train_table",
+    "score_table",
+]
+
+log = logging.getLogger(__name__)
+
+TABLE_KIND = "table"
+UPLIFT_KIND = "uplift"
+
+_CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_SEPARATORS = ",;\t|"
+_POSITIVE_WORDS = ("1", "yes", "y", "true", "t", "positive", "pos")
+_NEGATIVE_WORDS = ("0", "no", "n", "false", "f", "negative", "neg")
+_MIN_PER_CLASS = 10
+# A text column whose values are nearly all distinct names a row, not a behaviour: an id,
+# an e-mail, a name. It would not generalise and must not reach MLflow's input example.
+_IDENTIFIER_DISTINCT_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class TableTrainingResult:
+    tenant_id: str
+    kind: str
+    version: ModelVersionInfo
+    metrics: dict[str, float]
+    n_train: int
+    n_holdout: int
+    positive_rate: float
+    features: list[str]
+    dropped_identifiers: list[str] = field(default_factory=list)
+    learner: str = "TableModel"
+    fit_seconds: float = 0.0
+
+
+def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
+    """Read a CSV (separator given, or sniffed from ``, ; tab |``) or Parquet file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _CSV_SUFFIXES + _PARQUET_SUFFIXES:
+        raise InvalidInputError(
+            "table", f"unsupported file type {suffix or '(none)'!r} for {path.name}; "
+            "use .csv, .tsv, .txt or .parquet"
+        )
+    if not path.is_file():
+        raise InvalidInputError("table", f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise InvalidInputError("table", f"{path.name} is empty; expected a header row and rows")
+    if suffix in _PARQUET_SUFFIXES:
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as e:
+            raise InvalidInputError("table", f"{path.name} is not readable Parquet: {e}") from e
+    else:
+        frame = _read_csv(path, sep)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise InvalidInputError("table", f"{path.name} has a header but no rows")
+    return frame
+
+
+def _read_csv(path: Path, sep: str | None) -> pd.DataFrame:
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            sample = handle.read(64 * 1024)
+    except UnicodeDecodeError as e:
+        raise InvalidInputError("table", f"{path.name} is not UTF-8 text: {e}") from e
+    if sep is None:
+        header = sample.splitlines()[0] if sample.strip() else ""
+        try:
+            sep = csv.Sniffer().sniff(sample, delimiters=_SEPARATORS).delimiter
+        except csv.Error:
+            sep = max(_SEPARATORS, key=header.count)
+    elif sep in ("\\t", "tab"):
+        sep = "\t"
+    if len(sep) != 1:
+        raise InvalidInputError("sep", f"must be one character, got {sep!r}")
+    try:
+        frame = pd.read_csv(path, sep=sep, skipinitialspace=True, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InvalidInputError("table", f"{path.name} is not valid CSV with sep {sep!r}: {e}") from e
+    if frame.shape[1] < 2:
+        raise InvalidInputError(
+            "table", f"{path.name} has one column {list(frame.columns)} with sep {sep!r}; "
+            "a table needs a label and features, so give the separator with --sep"
+        )
+    return frame
+
+
+def _positive_mask(values: pd.Series, label: str, positive: str | None) -> pd.Series:
+    text = values.astype("str").str.strip().str.lower()
+    distinct = sorted(text.unique().tolist())
+    if positive is not None:
+        wanted = str(positive).strip().lower()
+        if wanted not in distinct:
+            raise InvalidInputError(
+                "positive", f"{positive!r} never occurs in label {label!r}; its values are "
+                f"{distinct[:10]}"
+            )
+        return text == wanted
+    if len(distinct) != 2:
+        raise InvalidInputError(
+            "label", f"{label!r} has {len(distinct)} distinct values {distinct[:10]}; "
+            "name the positive one with --positive"
+        )
+    for word in _POSITIVE_WORDS:
+        other = [v for v in distinct if v != word]
+        if word in distinct and other[0] in _NEGATIVE_WORDS:
+            return text == word
+    raise InvalidInputError(
+        "label", f"cannot tell which of {distinct} is positive; name it with --positive"
+    )
+
+
+def prepare_table(
+    frame: pd.DataFrame,
+    label: str,
+    *,
+    positive: str | None = None,
+    drop: Sequence[str] = (),
+    treatment: str | None = None,
+) -> tuple[pd.DataFrame, pd.Series, list[str]]:
+    """Features, 0/1 labels and the identifier-like text columns left out.
+
+    Rows without a label are left out. ``drop`` and ``treatment`` columns are not features.
+    """
+    if label not in frame.columns:
+        raise InvalidInputError(
+            "label", f"no column {label!r} in the table; found {list(frame.columns)}"
+        )
+    unknown = [c for c in drop if c not in frame.columns]
+    if unknown:
+        raise InvalidInputError(
+            "drop", f"no column {unknown[0]!r} in the table; found {list(frame.columns)}"
+        )
+    if treatment is not None and treatment not in frame.columns:
+        raise InvalidInputError(
+            "treatment", f"no column {treatment!r} in the table; found {list(frame.columns)}"
+        )
+    if treatment == label or label in drop:
+        raise InvalidInputError("label", f"{label!r} cannot also be dropped or the treatment")
+    labelled = frame[frame[label].notna()]
+    if labelled.empty:
+        raise InvalidInputError("label", f"every row of {label!r} is empty")
+    y = _positive_mask(labelled[label], label, positive).astype(np.int64)
+    counts = y.value_counts()
+    if len(counts) < 2 or counts.min() < _MIN_PER_CLASS:
+        raise InvalidInputError(
+            "label", f"need at least {_MIN_PER_CLASS} positive and {_MIN_PER_CLASS} negative rows, "
+            f"got {int(counts.get(1, 0))} positive and {int(counts.get(0, 0))} negative"
+        )
+    not_features = {label, *drop} | ({treatment} if treatment else set())
+    X = labelled[[c for c in labelled.columns if c not in not_features]]
+    identifiers = [
+        c
+        for c in X.columns
+        if not (pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c]))
+        and len(X) >= 50
+        and X[c].nunique() > _IDENTIFIER_DISTINCT_SHARE * len(X)
+    ]
+    X = X.drop(columns=identifiers)
+    if X.shape[1] == 0:
+        raise InvalidInputError(
+            "table", "no feature columns left after the label, --drop and identifier columns"
+        )
+    return X.reset_index(drop=True), y.reset_index(drop=True), identifiers
+
+
+def _treated(frame: pd.DataFrame, treatment: str, control: str) -> np.ndarray:
+    arms = frame[treatment].astype("str").str.strip()
+    distinct = sorted(arms.unique().tolist())
+    if str(control).strip() not in distinct:
+        raise InvalidInputError(
+            "control", f"{control!r} never occurs in treatment column {treatment!r}; its values "
+            f"are {distinct[:10]}"
+        )
+    if len(distinct) < 2:
+        raise InvalidInputError(
+            "treatment", f"{treatment!r} holds only the control arm {control!r}; an uplift model "
+            "needs a randomised log with treated users too"
+        )
+    return (arms != str(control).strip()).to_numpy()
+
+
+def train_table(
+    tenant_id: str,
+    frame: pd.DataFrame,
+    *,
+    label: str,
+    registry: ModelRegistry,
+    positive: str | None = None,
+    drop: Sequence[str] = (),
+    treatment: str | None = None,
+    control: str | None = None,
+    holdout_fraction: float = 0.25,
+    random_state: int = 0,
+    n_threads: int | None = 1,
+    force: bool = False,
+) -> TableTrainingResult:
+    """Fit on a stratified part of the table, evaluate on the rest, register and maybe promote.
+
+    With ``treatment`` and ``control``, every arm other than ``control`` counts as treated and
+    an :class:`~models.uplift.UpliftModel` is trained (kind ``"uplift"``, primary metric Qini
+    AUC); otherwise a :class:`~models.tabular.TableModel` (kind ``"table"``, ROC AUC). The
+    hold-out depends only on the labelled rows and ``random_state``, so a challenger and the
+    champion are compared on the same rows; a champion that cannot score the table (it needs
+    columns the table lacks) counts as not beaten, so only ``force`` replaces it.
+    """
+    if (treatment is None) != (control is None):
+        raise InvalidInputError("control", "give --treatment and --control together")
+    if not 0.05 <= holdout_fraction <= 0.5:
+        raise InvalidInputError("holdout_fraction", f"must be in [0.05, 0.5], got {holdout_fraction}")
+    X, y, identifiers = prepare_table(
+        frame, label, positive=positive, drop=drop, treatment=treatment
+    )
+    if identifiers:
+        log.info("tenant %s: left out identifier-like columns %s", tenant_id, identifiers)
+    # Kept for the champion: it may use columns this challenger was told to drop.
+    full = frame[frame[label].notna()].reset_index(drop=True)
+    t = _treated(full, treatment, control) if treatment and control is not None else None
+    strata = y.to_numpy() * 2 + (t if t is not None else 0)
+    rows = np.arange(len(y))
+    train_rows, hold_rows = train_test_split(
+        rows, test_size=holdout_fraction, stratify=strata, random_state=random_state
+    )
+    X_train, X_hold = X.iloc[train_rows], X.iloc[hold_rows]
+    y_train, y_hold = y.to_numpy()[train_rows], y.to_numpy()[hold_rows]
+    full_hold = full.iloc[hold_rows]
+
+    started = time.perf_counter()
+    model: Any
+    if t is None:
+        kind, primary = TABLE_KIND, "roc_auc"
+        model = TableModel(random_state=random_state, n_threads=n_threads).fit(X_train, y_train)
+        fit_seconds = time.perf_counter() - started
+        p_hold = model.predict_proba(X_hold)[:, 1]
+        metrics = propensity_report(y_hold, p_hold)
+        learner = "TableModel"
+
+        def _holdout_score(candidate: Any) -> float:
+            p = candidate.predict_proba(_columns_for(candidate, full_hold))[:, 1]
+            return float(propensity_report(y_hold, p)["roc_auc"])
+
+        plot_scores: Any = p_hold
+        uplift_holdout = None
+    else:
+        kind, primary = UPLIFT_KIND, "qini_auc"
+        t_train, t_hold = t[train_rows], t[hold_rows]
+        model = UpliftModel(random_state=random_state, n_threads=n_threads).fit(
+            X_train, y_train, t_train
+        )
+        fit_seconds = time.perf_counter() - started
+        u_hold = model.predict(X_hold)
+        metrics = uplift_report(y_hold, t_hold, u_hold)
+        metrics.update({f"validation_qini_{k}": v for k, v in model.validation_scores_.items()})
+        learner = f"UpliftModel[{model.learner_}]"
+
+        def _holdout_score(candidate: Any) -> float:
+            return float(
+                uplift_report(y_hold, t_hold, candidate.predict(_columns_for(candidate, full_hold)))
+                ["qini_auc"]
+            )
+
+        plot_scores = None
+        uplift_holdout = (y_hold, t_hold, u_hold)
+
+    def champion_score(champion: Any) -> float:
+        try:
+            return _holdout_score(champion)
+        except (KeyError, ValueError) as e:
+            log.warning("tenant %s: champion cannot score this hold-out: %s", tenant_id, e)
+            return float("nan")
+
+    version = registry.log_model(
+        tenant_id,
+        kind,
+        model,
+        X_example=_example(X_hold),
+        metrics=metrics,
+        params={
+            "estimator": learner,
+            **({k: v for k, v in model.get_params().items() if k != "n_threads"}),
+            "label": label,
+            "positive": positive if positive is not None else "(inferred)",
+            "dropped": ",".join(drop) or "(none)",
+            "identifier_columns": ",".join(identifiers) or "(none)",
+            "n_train": len(train_rows),
+            "n_holdout": len(hold_rows),
+            "holdout": f"stratified {holdout_fraction:g}, seed {random_state}",
+        },
+        y_holdout=y_hold if plot_scores is not None else None,
+        p_holdout=plot_scores,
+        uplift_holdout=uplift_holdout,
+        primary_metric=primary,
+        force=force,
+        champion_score=champion_score,
+    )
+    log.info("tenant %s: %s v%d %s=%.4f champion=%s", tenant_id, kind, version.version, primary,
+             metrics[primary], version.is_champion)
+    return TableTrainingResult(
+        tenant_id=tenant_id,
+        kind=kind,
+        version=version,
+        metrics=metrics,
+        n_train=len(train_rows),
+        n_holdout=len(hold_rows),
+        positive_rate=float(y.mean()),
+        features=[str(c) for c in X.columns],
+        dropped_identifiers=identifiers,
+        learner=learner,
+        fit_seconds=fit_seconds,
+    )
+
+
+def _example(X: pd.DataFrame) -> pd.DataFrame:
+    """A few feature rows for MLflow's signature: text as object, since MLflow infers no
+    schema from pandas' ``str`` dtype; integers as floats, since a scored table may have gaps."""
+    example = X.head(5).reset_index(drop=True)
+    dtypes: dict[str, Any] = {}
+    for c in example.columns:
+        if pd.api.types.is_string_dtype(example[c]):
+            dtypes[c] = object
+        elif pd.api.types.is_integer_dtype(example[c]):
+            dtypes[c] = np.float64
+    return example.astype(dtypes)
+
+
+def _columns_for(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns a fitted model was trained on, in its order; KeyError names a missing one."""
+    names = _feature_names(model)
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise KeyError(f"the model needs column {missing[0]!r}, which the table lacks")
+    return frame[names]
+
+
+def _feature_names(model: Any) -> list[str]:
+    inner = model
+    for attribute in ("estimator_", "treated_model_", "model_"):
+        if hasattr(inner, "feature_names_in_"):
+            break
+        inner = getattr(inner, attribute, inner)
+    names = getattr(inner, "feature_names_in_", None)
+    if names is None:
+        raise ValueError(f"{type(model).__name__} was not fitted on named columns")
+    return [str(c) for c in names]
+
+
+def score_table(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per input row: ``score`` (response probability; if pushed, for uplift models)
+    and, for uplift models, ``uplift``."""
+    try:
+        X = _columns_for(model, frame)
+    except KeyError as e:
+        raise InvalidInputError("table", f"{e.args[0]}; found {list(frame.columns)}") from e
+    out = pd.DataFrame(index=frame.index)
+    if hasattr(model, "predict_response"):
+        out["score"] = model.predict_response(X)
+        out["uplift"] = model.predict(X)
+    else:
+        out["score"] = model.predict_proba(X)[:, 1]
+    return out
