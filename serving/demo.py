@@ -21,11 +21,16 @@ from models.registry import ModelRegistry
 from pipeline import outbox, receipts, tenants
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
-from pipeline.features import FEATURE_COLUMNS, behaviour_features, build_features
-from pipeline.featurestore import store_features, store_profiles
+from pipeline.features import (
+    FEATURE_COLUMNS,
+    behaviour_features,
+    best_send_hour,
+    build_features,
+)
+from pipeline.featurestore import store_features, store_profiles, store_send_hours
 from pipeline.generator import GeneratedTenant, generate_tenant, write_tenant
 from pipeline.guard import flag_bots, quarantine_users, quarantined_users
-from pipeline.privacy import anonymize_table
+from pipeline.privacy import anonymize_table, record_audit, tenant_policy
 from pipeline.redis_server import connect, redis_url_for
 from pipeline.targeting import select_top_k
 from pipeline.training import train_propensity
@@ -49,7 +54,8 @@ def prepare_tenant(
     """The batch half of the path: privacy, guard, features, training, online features."""
     tenant_id = data.tenant_id
     secret = tenants.tenant_secret(r, tenant_id)
-    safe_profiles, audit = anonymize_table(data.profiles, secret)
+    safe_profiles, audit = anonymize_table(data.profiles, secret, tenant_policy(r, tenant_id))
+    record_audit(r, tenant_id, audit, source="prepare_tenant", rows=len(data.profiles))
     store_profiles(r, tenant_id, safe_profiles)
 
     behaviour = behaviour_features(data.events, data.cutoff)
@@ -64,6 +70,8 @@ def prepare_tenant(
     now = data.events["event_time"].max()
     users = pd.Index(data.profiles["user_id"].astype(str), name="user_id")
     store_features(r, tenant_id, build_features(data.events, now, users=users)[list(FEATURE_COLUMNS)])
+    timezones = data.profiles.set_index("user_id")["timezone"]
+    store_send_hours(r, tenant_id, best_send_hour(data.events, now, timezones=timezones))
     truth_bots = set(data.truth.loc[data.truth["is_bot"], "user_id"].astype(str))
     flagged = set(map(str, bots))
     return {

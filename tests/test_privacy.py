@@ -230,3 +230,65 @@ def test_policy_file_in_json_or_yaml_is_read(tmp_path):
     bad_json.write_text('{\n  "operators": {"EMAIL_ADDRESS": "shred"}\n}')
     with pytest.raises(InvalidInputError, match="line 2: unknown operator 'shred'"):
         PrivacyPolicy.from_file(bad_json)
+
+
+def test_vectorised_phone_pseudonyms_equal_one_by_one_pseudonyms():
+    from pipeline.privacy.operators import pseudonym
+
+    values = pd.Series(
+        ["+86 138 1234 5678", "１３８１２３４５６７８", "8613812345678", "(415) 555-0134",
+         "+1 415-555-0134", "4155550134", "+44 20 7946 0958", "12345", "n/a", None, " "],
+        dtype="str",
+    )
+    out = pseudonymize(values, SECRET, "PHONE_NUMBER")
+    assert out[0] == out[1] == out[2] and out[3] == out[4] == out[5]
+    for value, got in zip(values[:8], out[:8], strict=True):
+        assert got == pseudonym(value, SECRET, "PHONE_NUMBER")
+    assert out[8:].isna().all()
+
+
+def test_batched_analysis_finds_what_one_by_one_analysis_finds(analyzer):
+    from pipeline.privacy import find_entities, find_entities_batch
+
+    texts = [
+        "Reach Bob at bob.smith@example.com, +1 415-555-0134 or (415) 555-0199.",
+        f"请联系张伟，电话13812345678，身份证号{resident_id('11010519491231002')}。",
+        "nothing personal here",
+        "邮箱zw@example.cn，备用+86 139-1234-5678",
+    ]
+    assert find_entities_batch(texts, analyzer) == [find_entities(t, analyzer) for t in texts]
+
+
+def test_a_pool_of_processes_anonymises_like_one_process(analyzer):
+    from pipeline.privacy import TextAnalyzerPool
+
+    texts = [f"mail user{i}@example.com or call 1381234{i:04d}" for i in range(30)] + ["", "hi"]
+    policy = PrivacyPolicy.default()
+    here, counts_here = anonymize_texts(texts, SECRET, policy, analyzer=analyzer)
+    with TextAnalyzerPool(2, batch_size=7) as pool:
+        there, counts_there = anonymize_texts(texts, SECRET, policy, pool=pool)
+        assert len(pool.batch_seconds) == 5
+    assert there == here and counts_there == counts_here == {"EMAIL_ADDRESS": 30, "PHONE_NUMBER": 30}
+
+
+def test_a_named_spacy_model_that_is_not_installed_is_refused():
+    with pytest.raises(InvalidInputError, match="spacy_model"):
+        build_analyzer("no_such_model_xyz")
+
+
+def test_tenant_policy_round_trips_through_redis_and_defaults_when_unset(
+    redis_client, new_tenant_id
+):
+    from pipeline import tenants
+    from pipeline.errors import UnknownTenantError
+    from pipeline.privacy import load_policy, save_policy, tenant_policy
+
+    tenant = new_tenant_id("policy")
+    tenants.create_tenant(redis_client, tenant)
+    assert load_policy(redis_client, tenant) is None
+    assert tenant_policy(redis_client, tenant) == PrivacyPolicy.default()
+    policy = PrivacyPolicy({"PERSON": "pseudonymize"}, default_operator="mask")
+    save_policy(redis_client, tenant, policy)
+    assert load_policy(redis_client, tenant) == policy
+    with pytest.raises(UnknownTenantError):
+        save_policy(redis_client, new_tenant_id("nobody"), policy)

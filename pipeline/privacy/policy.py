@@ -80,6 +80,9 @@ class PrivacyPolicy:
     def operator_for(self, entity_type: str) -> str:
         return self.operators.get(entity_type, self.default_operator)
 
+    def to_dict(self) -> dict[str, object]:
+        return {"operators": dict(self.operators), "default_operator": self.default_operator}
+
     @classmethod
     def default(cls) -> PrivacyPolicy:
         return cls(operators=_DEFAULT_OPERATORS, default_operator="drop")
@@ -93,6 +96,13 @@ class PrivacyPolicy:
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise InvalidInputError(where, f"cannot read the policy file: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise InvalidInputError(where, f"the policy file is not UTF-8 text: {e.reason}") from e
+        return cls.from_text(text, where)
+
+    @classmethod
+    def from_text(cls, text: str, where: str = "policy") -> PrivacyPolicy:
+        """Parse YAML or JSON policy text; errors name `where`, the line and the problem."""
         try:
             # JSON is YAML too, and composing keeps each node's line for error messages.
             root = yaml.compose(text)

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from presidio_analyzer import AnalyzerEngine
@@ -20,9 +21,12 @@ from pipeline.privacy.operators import (
     pseudonymize,
 )
 from pipeline.privacy.policy import PrivacyPolicy
-from pipeline.privacy.text import _CJK, anonymize_texts, replacement
+from pipeline.privacy.text import _CJK, anonymize_texts, find_entities_batch, replacement
 
-__all__ = ["TEXT", "PrivacyAudit", "anonymize_table", "detect_columns"]
+if TYPE_CHECKING:
+    from pipeline.privacy.pool import TextAnalyzerPool
+
+__all__ = ["TEXT", "PrivacyAudit", "anonymize_table", "detect_columns", "scan_table"]
 
 TEXT = "TEXT"
 
@@ -185,6 +189,35 @@ def detect_columns(
     return kinds
 
 
+def scan_table(
+    df: pd.DataFrame,
+    analyzer: AnalyzerEngine | None = None,
+    *,
+    keep: Sequence[str] = ("user_id",),
+) -> dict[str, dict[str, object]]:
+    """Per column: the entity type it holds and how many values hold it; never the values.
+
+    A free-text column ("TEXT") also counts the spans of each entity type found in it.
+    """
+    analyzer = analyzer if analyzer is not None else build_analyzer()
+    kinds = detect_columns(df[[c for c in df.columns if c not in keep]], analyzer)
+    report: dict[str, dict[str, object]] = {}
+    for column in df.columns:
+        kind = kinds.get(column)
+        entry: dict[str, object] = {"entity_type": kind, "values": _count_present(df[column])}
+        if kind == TEXT:
+            occurrences = df[column].dropna().astype(str).value_counts()
+            occurrences = occurrences[occurrences.index.str.strip() != ""]
+            entities: Counter[str] = Counter()
+            found = find_entities_batch(occurrences.index.tolist(), analyzer)
+            for spans, n in zip(found, occurrences.tolist(), strict=True):
+                for span in spans:
+                    entities[span.entity_type] += int(n)
+            entry["entities"] = dict(sorted(entities.items()))
+        report[str(column)] = entry
+    return report
+
+
 def _count_present(values: pd.Series) -> int:
     present = values.dropna()
     return int((present.astype(str).str.strip() != "").sum())
@@ -239,11 +272,13 @@ def anonymize_table(
     analyzer: AnalyzerEngine | None = None,
     columns: Mapping[str, str | None] | None = None,
     keep: Sequence[str] = ("user_id",),
+    pool: TextAnalyzerPool | None = None,
 ) -> tuple[pd.DataFrame, PrivacyAudit]:
     """A new frame with each personal-data column handled per `policy`; the input is untouched.
 
     `columns` fixes the entity type of the columns it names; the others are detected. A column
     whose operator is "drop" is left out of the result. `keep` columns pass through unchanged.
+    Free-text columns are analysed in `pool`'s processes when one is given.
     """
     check_secret(secret)
     key = bytes(secret)
@@ -279,7 +314,7 @@ def anonymize_table(
 
     for column in (c for c in df.columns if c not in keep and kinds.get(c) == TEXT):
         texts = df[column].tolist()
-        new_texts, found = anonymize_texts(texts, key, policy, analyzer=analyzer)
+        new_texts, found = anonymize_texts(texts, key, policy, analyzer=analyzer, pool=pool)
         new_texts, found_in_rows = _scrub_row_values(new_texts, row_values, key)
         for entity_type, n in (found + found_in_rows).items():
             audit.add(column, entity_type, n)

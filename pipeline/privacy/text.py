@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from presidio_analyzer import AnalyzerEngine, RecognizerResult
 
@@ -13,9 +14,21 @@ from pipeline.privacy.analyzer import build_analyzer
 from pipeline.privacy.operators import check_secret, location_region, pseudonym
 from pipeline.privacy.policy import PrivacyPolicy
 
-__all__ = ["anonymize_texts", "replacement"]
+if TYPE_CHECKING:
+    from pipeline.privacy.pool import TextAnalyzerPool
+
+__all__ = ["Span", "anonymize_texts", "find_entities", "find_entities_batch", "replacement"]
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+class Span(NamedTuple):
+    """One piece of personal data found in a text: Presidio's entity type, offsets and score."""
+
+    entity_type: str
+    start: int
+    end: int
+    score: float
 
 
 def replacement(value: str, entity_type: str, operator: str, secret: bytes) -> str:
@@ -79,53 +92,108 @@ def _language_for(text: str, language: str, supported: list[str]) -> str:
     return language
 
 
+def _spans(text: str, results: list[RecognizerResult]) -> list[Span]:
+    trimmed = [_trim_cjk(text, r) for r in results]
+    return [
+        Span(r.entity_type, r.start, r.end, float(r.score))
+        for r in _non_overlapping([r for r in trimmed if r.end > r.start])
+    ]
+
+
+def find_entities(text: str, analyzer: AnalyzerEngine, language: str = "en") -> list[Span]:
+    """Spans of personal data in `text`: trimmed, none overlapping, left to right.
+
+    Text with Chinese characters is analysed as Chinese when the analyzer has "zh".
+    """
+    lang = _language_for(text, language, analyzer.supported_languages)
+    return _spans(text, analyzer.analyze(text=text, language=lang))
+
+
+def find_entities_batch(
+    texts: Sequence[str], analyzer: AnalyzerEngine, language: str = "en", batch_size: int = 64
+) -> list[list[Span]]:
+    """find_entities for each text, with spaCy run over batches (nlp.pipe), not text by text."""
+    by_language: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        lang = _language_for(text, language, analyzer.supported_languages)
+        by_language.setdefault(lang, []).append(i)
+    out: list[list[Span]] = [[] for _ in texts]
+    for lang, positions in by_language.items():
+        artifacts = analyzer.nlp_engine.process_batch(
+            [texts[i] for i in positions], lang, batch_size=batch_size
+        )
+        for i, (_, nlp_artifacts) in zip(positions, artifacts, strict=True):
+            results = analyzer.analyze(text=texts[i], language=lang, nlp_artifacts=nlp_artifacts)
+            out[i] = _spans(texts[i], results)
+    return out
+
+
+def _check_language(language: str, analyzer: AnalyzerEngine) -> None:
+    if language not in analyzer.supported_languages:
+        raise InvalidInputError(
+            "language",
+            f"{language!r} is not analysed; use one of {', '.join(analyzer.supported_languages)}",
+        )
+
+
+def _replace_spans(
+    text: str, spans: Sequence[Span], policy: PrivacyPolicy, key: bytes
+) -> tuple[str, Counter[str]]:
+    found: Counter[str] = Counter()
+    pieces: list[str] = []
+    end = 0
+    for span in spans:
+        operator = policy.operator_for(span.entity_type)
+        if operator == "keep":
+            continue
+        found[span.entity_type] += 1
+        pieces += [
+            text[end : span.start],
+            replacement(text[span.start : span.end], span.entity_type, operator, key),
+        ]
+        end = span.end
+    pieces.append(text[end:])
+    return "".join(pieces), found
+
+
 def anonymize_texts(
     texts: Sequence[str],
     secret: bytes,
     policy: PrivacyPolicy,
     analyzer: AnalyzerEngine | None = None,
     language: str = "en",
+    pool: TextAnalyzerPool | None = None,
 ) -> tuple[list[str], Counter[str]]:
     """Replace detected spans; each distinct non-empty text is analysed once.
 
-    Returns the new texts, in order, and how many spans of each entity type were replaced
-    (repeated texts count once per occurrence).
+    With `pool`, the distinct texts are analysed in its worker processes. Returns the new
+    texts, in order, and how many spans of each entity type were replaced (repeated texts
+    count once per occurrence).
     """
     check_secret(secret)
     key = bytes(secret)
-    analyzer = analyzer if analyzer is not None else build_analyzer()
-    if language not in analyzer.supported_languages:
-        raise InvalidInputError(
-            "language",
-            f"{language!r} is not analysed; use one of {', '.join(analyzer.supported_languages)}",
-        )
-    done: dict[str, tuple[str, Counter[str]]] = {}
+    distinct = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
+    if pool is not None:
+        if language not in pool.languages:
+            raise InvalidInputError(
+                "language", f"{language!r} is not analysed; use one of {', '.join(pool.languages)}"
+            )
+        all_spans = pool.find_entities(distinct, language)
+    else:
+        analyzer = analyzer if analyzer is not None else build_analyzer()
+        _check_language(language, analyzer)
+        all_spans = find_entities_batch(distinct, analyzer, language)
+    done = {
+        text: _replace_spans(text, spans, policy, key)
+        for text, spans in zip(distinct, all_spans, strict=True)
+    }
     out: list[str] = []
     counts: Counter[str] = Counter()
     for text in texts:
-        if not isinstance(text, str) or not text.strip():
+        if text in done:
+            new_text, found = done[text]
+            out.append(new_text)
+            counts.update(found)
+        else:
             out.append(text)
-            continue
-        if text not in done:
-            lang = _language_for(text, language, analyzer.supported_languages)
-            results = analyzer.analyze(text=text, language=lang)
-            spans = _non_overlapping([_trim_cjk(text, r) for r in results])
-            found: Counter[str] = Counter()
-            pieces: list[str] = []
-            end = 0
-            for span in spans:
-                operator = policy.operator_for(span.entity_type)
-                if operator == "keep":
-                    continue
-                found[span.entity_type] += 1
-                pieces += [
-                    text[end : span.start],
-                    replacement(text[span.start : span.end], span.entity_type, operator, key),
-                ]
-                end = span.end
-            pieces.append(text[end:])
-            done[text] = ("".join(pieces), found)
-        new_text, found = done[text]
-        out.append(new_text)
-        counts.update(found)
     return out, counts
