@@ -10,9 +10,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.utils import Tags
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
+
+from models._threads import openmp_threads
 
 __all__ = ["PropensityModel", "reason_codes"]
+
+
 
 
 class PropensityModel(ClassifierMixin, BaseEstimator):
@@ -125,7 +128,7 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
             n_iter_no_change=self.n_iter_no_change,
             random_state=self.random_state,
         )
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             self.model_ = booster.fit(X, y)
             self.classes_ = self.model_.classes_
             self.n_iter_ = self.model_.n_iter_
@@ -170,7 +173,7 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             return self.model_.predict(X)  # type: ignore[no-any-return]
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -186,7 +189,7 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             return self.model_.predict_proba(X)  # type: ignore[no-any-return]
 
     def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
@@ -202,7 +205,7 @@ class PropensityModel(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             return self.model_.decision_function(X)  # type: ignore[no-any-return]
 
 

@@ -18,7 +18,8 @@ from sklearn.utils.validation import (
     column_or_1d,
     validate_data,
 )
-from threadpoolctl import threadpool_limits
+
+from models._threads import openmp_threads
 
 __all__ = ["TableModel", "categorical_columns"]
 
@@ -199,7 +200,7 @@ class TableModel(ClassifierMixin, BaseEstimator):
             n_iter_no_change=self.n_iter_no_change,
             random_state=self.random_state,
         )
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             self.model_ = booster.fit(X_num, y, sample_weight=sample_weight)
         self.classes_ = self.model_.classes_
         self.n_iter_ = self.model_.n_iter_
@@ -255,7 +256,7 @@ class TableModel(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_rows,)
         """
         features = self._features(X)
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             return self.model_.predict(features)  # type: ignore[no-any-return]
 
     def predict_proba(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
@@ -270,7 +271,7 @@ class TableModel(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_rows, n_classes)
         """
         features = self._features(X)
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             return self.model_.predict_proba(features)  # type: ignore[no-any-return]
 
     def decision_function(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
@@ -285,7 +286,7 @@ class TableModel(ClassifierMixin, BaseEstimator):
         ndarray of shape (n_rows,) or (n_rows, n_classes)
         """
         features = self._features(X)
-        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+        with openmp_threads(self.n_threads):
             return self.model_.decision_function(features)  # type: ignore[no-any-return]
 
 
