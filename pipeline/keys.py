@@ -41,6 +41,16 @@ __all__ = [
     "alerts_stream",
     "cleared_alerts",
     "LANES",
+    "campaigns",
+    "campaign_state",
+    "campaign_runs",
+    "campaign_run",
+    "campaign_arms",
+    "campaign_schedules",
+    "campaign_pending",
+    "scheduler_lock",
+    "scheduler_fence",
+    "retenant_key",
 ]
 
 TENANT_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -128,7 +138,7 @@ def inbox_stream(tenant_id: str, user_id: str) -> str:
 
 
 def inbox_channel(tenant_id: str) -> str:
-    """Pub/sub channel announcing new inbox entries of the tenant (payload: user id)."""
+    """Pub/sub channel announcing new inbox entries of the tenant (payload: user ids, one a line)."""
     return f"{_tenant(tenant_id)}:inbox-events"
 
 
@@ -220,3 +230,64 @@ def event_ids(tenant_id: str, day: int) -> str:
 def send_hours(tenant_id: str) -> str:
     """Hash: user id -> best hour (0-23, user's local time) to receive a push."""
     return f"{_tenant(tenant_id)}:sendhours"
+
+
+def retenant_key(key: str, from_tenant_id: str, to_tenant_id: str) -> str:
+    """The same key of another tenant: ``pp:{a}:outbox:marketing`` -> ``pp:{b}:outbox:marketing``.
+
+    Restoring a backup under a new tenant id renames every key this way.
+    """
+    old = tenant_prefix(from_tenant_id)
+    if not key.startswith(old):
+        raise ValueError(f"key {key!r} is not one of tenant {from_tenant_id!r}'s (they start {old!r})")
+    return tenant_prefix(to_tenant_id) + key[len(old):]
+
+
+# --- campaigns (pipeline/campaigns) ---
+
+
+def campaigns(tenant_id: str) -> str:
+    """Hash: campaign id -> the campaign's spec as JSON."""
+    return f"{_tenant(tenant_id)}:campaigns"
+
+
+def campaign_state(tenant_id: str, campaign_id: str) -> str:
+    """Hash: a campaign's schedule state (status, next due, last fencing token, fired due times)."""
+    return f"{_tenant(tenant_id)}:campaign-state:{_part('campaign_id', campaign_id)}"
+
+
+def campaign_runs(tenant_id: str, campaign_id: str) -> str:
+    """Sorted set: run id -> when the run was created (epoch seconds)."""
+    return f"{_tenant(tenant_id)}:campaign-runs:{_part('campaign_id', campaign_id)}"
+
+
+def campaign_run(tenant_id: str, campaign_id: str, run_id: str) -> str:
+    """Hash: one run's state and counts (its report's inputs)."""
+    return (f"{_tenant(tenant_id)}:campaign-run:{_part('campaign_id', campaign_id)}:"
+            f"{_part('run_id', run_id)}")
+
+
+def campaign_arms(tenant_id: str, campaign_id: str, run_id: str) -> str:
+    """Hash: user id -> arm of a run (a variant, ``holdout``, or ``!<reason>`` when suppressed)."""
+    return (f"{_tenant(tenant_id)}:campaign-arms:{_part('campaign_id', campaign_id)}:"
+            f"{_part('run_id', run_id)}")
+
+
+def campaign_schedules() -> str:
+    """Sorted set: ``<tenant>/<campaign>`` -> next due time (epoch seconds), for every scheduler."""
+    return "pp:global:campaign-schedules"
+
+
+def campaign_pending() -> str:
+    """Sorted set: ``<tenant>/<campaign>/<run>`` fired but not finished -> lease deadline."""
+    return "pp:global:campaign-pending"
+
+
+def scheduler_lock() -> str:
+    """String: the token of the scheduler that may fire runs now (SET NX PX)."""
+    return "pp:global:scheduler-lock"
+
+
+def scheduler_fence() -> str:
+    """Counter: each lock acquisition takes the next value as its fencing token."""
+    return "pp:global:scheduler-fence"
