@@ -3,25 +3,38 @@
 At least once inside, exactly once at the user: an entry is acknowledged in the same Lua script
 that delivers it, and a push whose status record already holds an inbox id is only acknowledged,
 so an entry claimed again from a dead worker (``XAUTOCLAIM``) never reaches the inbox twice.
-Each pass serves the tenants in turn, transactional lanes before marketing ones, and reads at most
-``batch`` new entries per stream, so one tenant's backlog cannot starve another.
+Each pass serves the tenants in turn (weighted round robin: ``batch`` times the plan's
+``delivery_weight`` new entries per tenant at most), transactional lanes before marketing ones, so
+one tenant's backlog cannot starve another. A tenant's plan
+bounds its send rate (a token bucket taken in the same script that reads its entries) and, for
+marketing pushes, the pushes per user per day and week and the quiet hours in the user's time
+zone; a push a rule stops ends as "suppressed" with the rule in its trail.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 
-from pipeline import keys
+from pipeline import keys, ratelimit
+from pipeline.channels import Channel, SendResult
+from pipeline.channels.webhook import WebhookChannel
+from pipeline.ratelimit import BUCKET_LUA
 from pipeline.receipts import DEFAULT_RETENTION_SECONDS, ScriptCall, StatusScript, run_scripts
+from pipeline.tenants import Plan
 
 __all__ = ["GROUP", "DeliveryWorker"]
 
@@ -33,42 +46,82 @@ _MAX_BACKOFF_MS = 3_600_000
 _CHUNK = 200
 
 # Delivers a chunk of one outbox stream's inbox pushes; atomic, so atomic per push too.
-# KEYS: counts, outbox, inbox channel, then per push: status, inbox
+# KEYS: counts, outbox, inbox channel, then per push: status, inbox, user frequency
 # ARGV: now, retention, inbox max len, is_acking ('1'/'0'), then per push: entry id, user, push,
-#       title, body, data, enqueued_at, campaign
+#       title, body, data, enqueued_at, campaign, policy ('' none; 'x' quarantined by the guard;
+#       'q' quiet hours now;
+#       'c|<day field>|<week field>|<cap per day>|<cap per week>' frequency caps)
 # Returns how many entries it handled.
 _DELIVER_INBOX = StatusScript("""
 local now, retention, max_len = ARGV[1], ARGV[2], ARGV[3]
-local entry_ids, announced, delivered = {}, {}, 0
-for i = 0, (#KEYS - 3) / 2 - 1 do
-  local status_key, inbox_key, a = KEYS[4 + 2 * i], KEYS[5 + 2 * i], 4 + 8 * i
-  local user = ARGV[a + 2]
-  local record = redis.call('HMGET', status_key, 'inbox_id', 'n')
+local entry_ids, announced, delivered, suppressed = {}, {}, 0, 0
+for i = 0, (#KEYS - 3) / 3 - 1 do
+  local status_key, inbox_key, freq_key = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
+  local a = 4 + 9 * i
+  local user, policy = ARGV[a + 2], ARGV[a + 9]
+  local record = redis.call('HMGET', status_key, 'inbox_id', 'n', 'trail:suppressed')
   -- An inbox id means an earlier attempt delivered it and died before acking: ack only.
-  if not record[1] then
-    local inbox_id = redis.call('XADD', inbox_key, 'MAXLEN', '~', max_len, '*',
-      'push_id', ARGV[a + 3], 'title', ARGV[a + 4], 'body', ARGV[a + 5], 'data', ARGV[a + 6],
-      'enqueued_at', ARGV[a + 7], 'campaign_id', ARGV[a + 8])
-    -- mark() inlined: this is the hot path, and an absent inbox id means no delivered trail.
+  -- The same for a push an earlier attempt suppressed.
+  if not record[1] and not record[3] then
+    local rule = false
+    if policy == 'x' then
+      rule = 'quarantine'
+    elseif policy == 'q' then
+      rule = 'quiet_hours'
+    elseif policy ~= '' then
+      local day, week, cap_day, cap_week = string.match(policy, '^c|([^|]+)|([^|]+)|(%d+)|(%d+)$')
+      cap_day, cap_week = tonumber(cap_day), tonumber(cap_week)
+      local seen = redis.call('HMGET', freq_key, day, week)
+      if cap_day > 0 and (tonumber(seen[1]) or 0) >= cap_day then
+        rule = 'frequency_cap_day'
+      elseif cap_week > 0 and (tonumber(seen[2]) or 0) >= cap_week then
+        rule = 'frequency_cap_week'
+      else
+        redis.call('HINCRBY', freq_key, day, 1)
+        redis.call('HINCRBY', freq_key, week, 1)
+        -- Older days and weeks are of no more use: keep the hash to these two fields.
+        if redis.call('HLEN', freq_key) > 2 then
+          for _, f in ipairs(redis.call('HKEYS', freq_key)) do
+            if f ~= day and f ~= week then redis.call('HDEL', freq_key, f) end
+          end
+        end
+        redis.call('EXPIRE', freq_key, 8 * 86400)
+      end
+    end
+    -- mark() inlined: this is the hot path, and neither status can be in the trail yet.
     local n = (tonumber(record[2]) or 0) + 1
-    local trail = n .. '|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}'
-    redis.call('HSET', status_key, 'inbox_id', inbox_id, 'n', n,
-      'status', 'delivered', 'trail:delivered', trail)
+    if rule then
+      redis.call('HSET', status_key, 'n', n, 'status', 'suppressed',
+        'trail:suppressed', n .. '|' .. now .. '|{"rule":"' .. rule .. '"}')
+      suppressed = suppressed + 1
+    else
+      local inbox_id = redis.call('XADD', inbox_key, 'MAXLEN', '~', max_len, '*',
+        'push_id', ARGV[a + 3], 'title', ARGV[a + 4], 'body', ARGV[a + 5], 'data', ARGV[a + 6],
+        'enqueued_at', ARGV[a + 7], 'campaign_id', ARGV[a + 8])
+      local trail = n .. '|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}'
+      redis.call('HSET', status_key, 'inbox_id', inbox_id, 'n', n,
+        'status', 'delivered', 'trail:delivered', trail)
+      delivered = delivered + 1
+      -- The gateway reads the user's whole inbox on an announcement, so once per user is enough.
+      if not announced[user] then
+        announced[user] = true
+        announced[#announced + 1] = user
+      end
+    end
     -- Retention counts from enqueue, which set the TTL; a record that had expired is new now.
     if not record[2] then
       redis.call('HSET', status_key, 'user_id', user)
       redis.call('EXPIRE', status_key, retention)
     end
-    delivered = delivered + 1
-    -- The gateway reads the user's whole inbox on a message, so one per user is enough.
-    if not announced[user] then
-      announced[user] = true
-      redis.call('PUBLISH', KEYS[3], user)
-    end
   end
   entry_ids[#entry_ids + 1] = ARGV[a + 1]
 end
-if delivered > 0 then redis.call('HINCRBY', KEYS[1], 'delivered', delivered) end
+if delivered > 0 then
+  redis.call('HINCRBY', KEYS[1], 'delivered', delivered)
+  -- One message per chunk, user ids separated by newlines (which no user id holds).
+  redis.call('PUBLISH', KEYS[3], table.concat(announced, '\\n'))
+end
+if suppressed > 0 then redis.call('HINCRBY', KEYS[1], 'suppressed', suppressed) end
 if ARGV[4] == '1' then
   redis.call('XACK', KEYS[2], 'delivery', unpack(entry_ids))
   redis.call('XDEL', KEYS[2], unpack(entry_ids))
@@ -78,7 +131,7 @@ return #entry_ids
 
 # KEYS: status, counts, outbox, dead-letter stream
 # ARGV: entry id, now, retention, max tries, reason, push id, base backoff ms, jitter (0.5-1),
-#       entry JSON
+#       entry JSON, is_permanent ('1': dead now, whatever the tries)
 # Returns -1 while the push waits out its backoff, 0 when it will be retried, 1 when dead.
 _FAIL = StatusScript("""
 if redis.call('HEXISTS', KEYS[1], 'trail:dead') == 0 then
@@ -87,7 +140,7 @@ if redis.call('HEXISTS', KEYS[1], 'trail:dead') == 0 then
   local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
   redis.call('HSET', KEYS[1], 'last_error', ARGV[5])
   retain(KEYS[1], ARGV[3])
-  if tries < tonumber(ARGV[4]) then
+  if tries < tonumber(ARGV[4]) and ARGV[10] ~= '1' then
     local backoff_ms = math.min(tonumber(ARGV[7]) * 2 ^ (tries - 1), MAX_BACKOFF_MS)
       * tonumber(ARGV[8])
     redis.call('HSET', KEYS[1], 'retry_at', tostring(tonumber(ARGV[2]) + backoff_ms / 1000))
@@ -113,11 +166,71 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 """)
 
+# A channel's push was sent: record it and acknowledge the entry.
+# KEYS: status, counts, outbox; ARGV: entry id, now, retention, extra JSON
+_SENT = StatusScript("""
+mark(KEYS[1], KEYS[2], 'delivered', ARGV[2], ARGV[4])
+retain(KEYS[1], ARGV[3])
+redis.call('HDEL', KEYS[1], 'retry_at')
+redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
+redis.call('XDEL', KEYS[3], ARGV[1])
+return 1
+""")
+
+# An entry whose push reached its end already (an earlier attempt died before acking).
+# KEYS: outbox; ARGV: entry id
+_ACK_ONLY = StatusScript("""
+redis.call('XACK', KEYS[1], 'delivery', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+""")
+
+# Reads a tenant's new entries, transactional lane first, taking one send token per entry read,
+# so the bucket is exact however many workers share it. Rate 0 means no limit.
+# KEYS: bucket, transactional outbox, marketing outbox
+# ARGV: group, consumer, batch, rate, burst
+# Returns {transactional entries, marketing entries, ms until a token if throttled with backlog}
+_READ = StatusScript(BUCKET_LUA + """
+local group, consumer = ARGV[1], ARGV[2]
+local budget, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tokens, now = 0, 0
+if rate > 0 then
+  tokens, now = bucket_refill(KEYS[1], rate, burst)
+  budget = math.min(budget, math.floor(tokens))
+  if budget < 1 then
+    if redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3]) > 0 then
+      return {{}, {}, bucket_wait_ms(tokens, rate)}
+    end
+    return {{}, {}, 0}
+  end
+end
+local out, n = {{}, {}}, 0
+for i = 1, 2 do
+  if n < budget then
+    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n,
+                             'STREAMS', KEYS[i + 1], '>')
+    if reply then
+      out[i] = reply[1][2]
+      n = n + #out[i]
+    end
+  end
+end
+if rate > 0 and n > 0 then bucket_store(KEYS[1], tokens - n, now, rate, burst) end
+return {out[1], out[2], 0}
+""")
+
 _Entry = tuple[str, dict[str, str]]
+# (tenant, lane, stream, entry)
+_Work = tuple[str, str, str, _Entry]
 
 
 class DeliveryWorker:
-    """One consumer of the ``delivery`` group; run many, in processes or machines, to scale."""
+    """One consumer of the ``delivery`` group; run many, in processes or machines, to scale.
+
+    ``plans`` gives a tenant's plan (rate limit, marketing rules) or None for none; by default it
+    is read from the tenant's record and refreshed every ``plan_refresh_seconds``. ``channels``
+    are the senders for channels other than the inbox; by default the webhook channel.
+    """
 
     def __init__(
         self,
@@ -128,9 +241,13 @@ class DeliveryWorker:
         inbox_max_len: int = 1000,
         claim_idle_ms: int = 30_000,
         max_tries: int = 5,
-        batch: int = 500,
+        batch: int = 200,
         retry_base_ms: int | None = None,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+        plans: Callable[[str], Plan | None] | None = None,
+        channels: Mapping[str, Channel] | None = None,
+        plan_refresh_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ):
         if not consumer:
             raise ValueError("consumer must name this worker, e.g. '<host>-<pid>'")
@@ -151,9 +268,22 @@ class DeliveryWorker:
         # round up to it anyway.
         self.retry_base_ms = claim_idle_ms if retry_base_ms is None else retry_base_ms
         self.retention_seconds = retention_seconds
+        self.plan_refresh_seconds = plan_refresh_seconds
+        self._plan_source = plans
+        self._plans: dict[str, tuple[float, Plan | None]] = {}
+        self._channels: Mapping[str, Channel] = (
+            {"webhook": WebhookChannel(r)} if channels is None else channels
+        )
+        self._clock = clock
+        # Channel sends run here, so a slow endpoint never stalls a pass (see _start_sends).
+        self._sender = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="send")
+        self._sends: list[tuple[str, list[_Work], futures.Future[list[SendResult]]]] = []
+        self._in_flight: set[str] = set()
         self._turn = 0
         self._streams_with_group: set[str] = set()
         self._claim_cursors: dict[str, str] = {}
+        self._last_claim_at = 0.0
+        self._zones: dict[str, ZoneInfo] = {}
         # Fault injection for tests: a worker that delivers and then dies before acking.
         self._is_acking = True
 
@@ -165,22 +295,33 @@ class DeliveryWorker:
             except redis.ConnectionError:
                 log.exception("lost Redis; retrying in a second")
                 stop.wait(1.0)
+        if self._sends:  # drain: record what the sends still out come back with
+            self._deliver([], is_waiting_for_sends=True)
 
     def deliver_once(self, block_ms: int = 0) -> int:
-        """One pass over every tenant; returns how many pushes were handled."""
-        streams = self._streams()
-        if not streams:
-            return 0
-        try:
-            work = self._read(streams, block_ms)
-        except redis.ResponseError as e:
-            if "NOGROUP" not in str(e):
-                raise
-            # A stream was deleted under us (e.g. a tenant was purged): recreate and read again.
-            self._streams_with_group.clear()
-            self._ensure_groups(streams)
-            work = self._read(streams, block_ms)
-        return self._deliver(work)
+        """One pass over every tenant; returns how many pushes were handled.
+
+        With ``block_ms`` 0 (drain mode) a pass that finds work only held back by a rate limit
+        waits for the next token rather than return 0, so "until 0" really means drained.
+        """
+        while True:
+            tenant_ids = self._tenant_ids()
+            if not tenant_ids:
+                return 0
+            try:
+                work, wait_ms = self._read(tenant_ids, block_ms)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                # A stream was deleted under us (e.g. a tenant was purged): recreate, read again.
+                self._streams_with_group.clear()
+                work, wait_ms = self._read(tenant_ids, block_ms)
+            handled = self._deliver(work, is_waiting_for_sends=block_ms == 0)
+            if handled or not wait_ms or block_ms > 0:
+                return handled
+            time.sleep(min(wait_ms, 1000) / 1000)
+
+    # --- reading ------------------------------------------------------------------------------
 
     def _tenant_ids(self) -> list[str]:
         tenants = list(self._tenants() if callable(self._tenants) else self._tenants)
@@ -189,72 +330,156 @@ class DeliveryWorker:
         self._turn = (self._turn + 1) % len(tenants)
         return tenants[self._turn :] + tenants[: self._turn]
 
-    def _streams(self) -> list[tuple[str, str]]:
-        """(tenant, stream) pairs: every tenant's transactional lane, then the marketing lanes."""
-        tenants = self._tenant_ids()
-        streams = [(t, keys.outbox_stream(t, lane)) for lane in keys.LANES for t in tenants]
-        self._ensure_groups(streams)
-        return streams
+    def _ensure_groups(self, tenant_ids: Sequence[str]) -> None:
+        for tenant_id in tenant_ids:
+            for lane in keys.LANES:
+                stream = keys.outbox_stream(tenant_id, lane)
+                if stream in self._streams_with_group:
+                    continue
+                try:
+                    self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                except redis.ResponseError as e:
+                    if "BUSYGROUP" not in str(e):  # the group surviving a restart is normal
+                        raise
+                self._streams_with_group.add(stream)
 
-    def _ensure_groups(self, streams: Sequence[tuple[str, str]]) -> None:
-        for _, stream in streams:
-            if stream in self._streams_with_group:
-                continue
-            try:
-                self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):  # the group surviving a restart is normal
-                    raise
-            self._streams_with_group.add(stream)
+    def plan(self, tenant_id: str) -> Plan | None:
+        """The tenant's plan as this worker applies it (cached), None for a tenant without one."""
+        now = self._clock()
+        cached = self._plans.get(tenant_id)
+        if cached is not None and now - cached[0] < self.plan_refresh_seconds:
+            return cached[1]
+        if self._plan_source is not None:
+            plan = self._plan_source(tenant_id)
+        else:
+            raw = self.r.hget(keys.tenant_meta(tenant_id), "plan")
+            plan = _plan_from_json(raw) if raw else None
+        self._plans[tenant_id] = (now, plan)
+        return plan
 
-    def _read(
-        self, streams: Sequence[tuple[str, str]], block_ms: int
-    ) -> list[tuple[str, str, _Entry]]:
-        """Claimed and new entries as (tenant, stream, entry), in delivery order."""
+    def _read(self, tenant_ids: Sequence[str], block_ms: int) -> tuple[list[_Work], int]:
+        """Claimed and new entries in delivery order, and how long a rate limit holds some back."""
+        self._ensure_groups(tenant_ids)
+        plans = {t: self.plan(t) for t in tenant_ids}
+        claimed = self._claim(tenant_ids)
+        calls: list[ScriptCall] = []
+        for tenant_id in tenant_ids:
+            plan = plans[tenant_id]
+            rate, burst = (plan.sends_per_second, plan.burst) if plan else (0, 0)
+            budget = self.batch * (plan.delivery_weight if plan else 1)
+            calls.append((_READ, [keys.rate_bucket(tenant_id),
+                                  *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES)],
+                          [GROUP, self.consumer, budget, rate, burst]))
+        fresh: dict[tuple[str, str], list[_Entry]] = {}
+        waits: dict[str, int] = {}
+        for tenant_id, result in zip(tenant_ids, run_scripts(self.r, calls), strict=True):
+            if isinstance(result, Exception):
+                raise result
+            transactional, marketing, wait_ms = result
+            fresh[tenant_id, "transactional"] = [_entry(e) for e in transactional]
+            fresh[tenant_id, "marketing"] = [_entry(e) for e in marketing]
+            if wait_ms:
+                waits[tenant_id] = int(wait_ms)
+        has_work = any(claimed.values()) or any(fresh.values())
+        if block_ms > 0 and not has_work:
+            fresh.update(self._block(tenant_ids, plans, waits, block_ms))
+        work = [
+            (tenant_id, lane, keys.outbox_stream(tenant_id, lane), entry)
+            for lane in keys.LANES
+            for tenant_id in tenant_ids
+            for entry in (*claimed.get((tenant_id, lane), ()), *fresh.get((tenant_id, lane), ()))
+        ]
+        return work, min(waits.values(), default=0)
+
+    def _claim(self, tenant_ids: Sequence[str]) -> dict[tuple[str, str], list[_Entry]]:
+        """Entries other consumers left pending too long; scanned at most every half idle time."""
+        now = time.monotonic()
+        if (now - self._last_claim_at) * 1000 < min(self.claim_idle_ms / 2, 1000):
+            return {}
+        self._last_claim_at = now
+        pairs = [(t, lane) for t in tenant_ids for lane in keys.LANES]
         pipe = self.r.pipeline(transaction=False)
-        for _, stream in streams:
+        for tenant_id, lane in pairs:
+            stream = keys.outbox_stream(tenant_id, lane)
             pipe.xautoclaim(stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
                             start_id=self._claim_cursors.get(stream, "0-0"), count=self.batch)
-        pipe.xreadgroup(GROUP, self.consumer, {s: ">" for _, s in streams}, count=self.batch)
-        *claims, fresh = pipe.execute()
-        claimed: dict[str, list[_Entry]] = {}
-        for (_, stream), (cursor, entries, *_deleted) in zip(streams, claims, strict=True):
-            self._claim_cursors[stream] = cursor
-            claimed[stream] = entries
-        new = _by_stream(fresh)
-        if block_ms > 0 and not any(claimed.values()) and not new:
-            new = _by_stream(self.r.xreadgroup(GROUP, self.consumer, {s: ">" for _, s in streams},
-                                               count=self.batch, block=block_ms))
-        return [
-            (tenant_id, stream, entry)
-            for tenant_id, stream in streams
-            for entry in (*claimed[stream], *new.get(stream, ()))
-        ]
+        claimed: dict[tuple[str, str], list[_Entry]] = {}
+        for (tenant_id, lane), (cursor, entries, *_deleted) in zip(pairs, pipe.execute(),
+                                                                   strict=True):
+            self._claim_cursors[keys.outbox_stream(tenant_id, lane)] = cursor
+            if entries:
+                claimed[tenant_id, lane] = list(entries)
+        return claimed
 
-    def _deliver(self, work: Sequence[tuple[str, str, _Entry]]) -> int:
-        if not work:
+    def _block(
+        self, tenant_ids: Sequence[str], plans: Mapping[str, Plan | None],
+        waits: Mapping[str, int], block_ms: int,
+    ) -> dict[tuple[str, str], list[_Entry]]:
+        """Wait for new entries of tenants not held back by their rate limit."""
+        block_ms = min(block_ms, *waits.values()) if waits else block_ms
+        open_tenants = [t for t in tenant_ids if t not in waits]
+        if not open_tenants:
+            time.sleep(block_ms / 1000)
+            return {}
+        streams = {keys.outbox_stream(t, lane): (t, lane) for t in open_tenants
+                   for lane in keys.LANES}
+        reply = self.r.xreadgroup(GROUP, self.consumer, dict.fromkeys(streams, ">"),
+                                  count=self.batch, block=max(1, block_ms))
+        fresh = {streams[stream]: entries for stream, entries in _by_stream(reply).items()}
+        # These bypassed the bucket's read script: charge them, into debt if need be.
+        for (tenant_id, _), entries in fresh.items():
+            plan = plans[tenant_id]
+            if plan and entries:
+                ratelimit.take(self.r, tenant_id, len(entries), rate=plan.sends_per_second,
+                               burst=plan.burst, is_debt_allowed=True)
+        return fresh
+
+    # --- delivering ---------------------------------------------------------------------------
+
+    def _deliver(self, work: Sequence[_Work], *, is_waiting_for_sends: bool = True) -> int:
+        """Deliver the work; channel sends finish in this call only if ``is_waiting_for_sends``,
+        else in the background, their outcomes recorded by a later call."""
+        now = self._clock()
+        calls: list[ScriptCall] = self._finished_sends(now)
+        sizes: list[int] = [1] * len(calls)  # entries per call
+        if not work and not calls:
             return 0
-        now = repr(time.time())
-        calls: list[ScriptCall] = []
-        sizes: list[int] = []  # entries per call
-        for (tenant_id, stream), group in itertools.groupby(work, key=lambda w: w[:2]):
+        by_channel: dict[tuple[str, str], list[_Work]] = {}
+        for (tenant_id, lane, stream), group in itertools.groupby(work, key=lambda w: w[:3]):
             inbox: list[_Entry] = []
-            for _, _, entry in group:
-                call = self._call_unless_inbox(tenant_id, stream, entry, now)
-                if call is None:
-                    inbox.append(entry)
-                else:
+            for item in group:
+                entry = item[3]
+                if entry[0] in self._in_flight:
+                    continue  # claimed again while its send is still out: not twice
+                call = self._call_unless_sendable(tenant_id, stream, entry, now)
+                channel = entry[1].get("channel", "")
+                if call is not None:
                     calls.append(call)
                     sizes.append(1)
+                elif channel == "inbox":
+                    inbox.append(entry)
+                else:
+                    by_channel.setdefault((tenant_id, channel), []).append(item)
+            policies = self._policies(tenant_id, lane, inbox, now)
             for start in range(0, len(inbox), _CHUNK):
                 chunk = inbox[start : start + _CHUNK]
-                calls.append(self._inbox_call(tenant_id, stream, chunk, now))
+                calls.append(self._inbox_call(tenant_id, stream, chunk,
+                                              policies[start : start + _CHUNK], now))
                 sizes.append(len(chunk))
+        for (tenant_id, channel), items in by_channel.items():
+            acks = self._start_sends(tenant_id, self._channels[channel], items, now)
+            calls += acks
+            sizes += [1] * len(acks)
+        if is_waiting_for_sends and self._sends:
+            futures.wait([future for _, _, future in self._sends])
+            finished = self._finished_sends(now)
+            calls += finished
+            sizes += [1] * len(finished)
         handled = 0
         for call, size, result in zip(calls, sizes, run_scripts(self.r, calls), strict=True):
             if isinstance(result, Exception) and size > 1:
                 # One bad push must not hold back its chunk: deliver them one by one.
-                handled += self._deliver_one_by_one(call, now)
+                handled += self._deliver_one_by_one(call)
             elif isinstance(result, Exception):
                 # The entry stays pending and is claimed again; it is not lost.
                 log.error("delivering in %s failed: %s", call[1][1], result)
@@ -262,13 +487,13 @@ class DeliveryWorker:
                 handled += size
         return handled
 
-    def _deliver_one_by_one(self, call: ScriptCall, now: str) -> int:
+    def _deliver_one_by_one(self, call: ScriptCall) -> int:
         script, script_keys, args = call
         head_keys, head_args = list(script_keys[:3]), list(args[:4])
         singles: list[ScriptCall] = [
-            (script, [*head_keys, *script_keys[3 + 2 * i : 5 + 2 * i]],
-             [*head_args, *args[4 + 8 * i : 12 + 8 * i]])
-            for i in range((len(script_keys) - 3) // 2)
+            (script, [*head_keys, *script_keys[3 + 3 * i : 6 + 3 * i]],
+             [*head_args, *args[4 + 9 * i : 13 + 9 * i]])
+            for i in range((len(script_keys) - 3) // 3)
         ]
         handled = 0
         for single, result in zip(singles, run_scripts(self.r, singles), strict=True):
@@ -279,42 +504,170 @@ class DeliveryWorker:
         return handled
 
     def _inbox_call(
-        self, tenant_id: str, stream: str, entries: Sequence[_Entry], now: str
+        self, tenant_id: str, stream: str, entries: Sequence[_Entry], policies: Sequence[str],
+        now: float,
     ) -> ScriptCall:
         script_keys = [keys.status_counts(tenant_id), stream, keys.inbox_channel(tenant_id)]
-        args: list[str | int | float] = [now, self.retention_seconds, self.inbox_max_len,
+        args: list[str | int | float] = [repr(now), self.retention_seconds, self.inbox_max_len,
                                          "1" if self._is_acking else "0"]
-        for entry_id, fields in entries:
+        for (entry_id, fields), policy in zip(entries, policies, strict=True):
             user_id, push_id = fields["user_id"], fields["push_id"]
             script_keys += [keys.push_status(tenant_id, push_id),
-                            keys.inbox_stream(tenant_id, user_id)]
+                            keys.inbox_stream(tenant_id, user_id),
+                            keys.user_frequency(tenant_id, user_id)]
             args += [entry_id, user_id, push_id, fields.get("title", ""), fields.get("body", ""),
                      fields.get("data", "{}"), fields.get("enqueued_at", ""),
-                     fields.get("campaign_id", "")]
+                     fields.get("campaign_id", ""), policy]
         return _DELIVER_INBOX, script_keys, args
 
-    def _call_unless_inbox(
-        self, tenant_id: str, stream: str, entry: _Entry, now: str
+    def _policies(
+        self, tenant_id: str, lane: str, entries: Sequence[_Entry], now: float
+    ) -> list[str]:
+        """Per entry: the marketing rule that applies now in the user's time zone ('' if none)."""
+        if lane != "marketing" or not entries:
+            return [""] * len(entries)
+        users = sorted({fields["user_id"] for _, fields in entries})
+        # The guard's quarantine wins over everything: a quarantined user gets no marketing.
+        quarantined = {
+            user for user, reason in zip(
+                users, self.r.hmget(keys.quarantine(tenant_id), users), strict=True
+            ) if reason is not None
+        }
+        plan = self.plan(tenant_id)
+        if plan is None or not plan.has_marketing_rules:
+            return ["x" if fields["user_id"] in quarantined else "" for _, fields in entries]
+        profiles = self.r.hmget(keys.user_profiles(tenant_id), users)
+        zones = {user: self._zone(raw) for user, raw in zip(users, profiles, strict=True)}
+        policies = []
+        for _, fields in entries:
+            local = datetime.fromtimestamp(now, zones[fields["user_id"]])
+            if fields["user_id"] in quarantined:
+                policies.append("x")
+            elif _is_quiet(plan, local.hour):
+                policies.append("q")
+            elif plan.marketing_per_user_per_day or plan.marketing_per_user_per_week:
+                year, week, _ = local.isocalendar()
+                policies.append(f"c|d:{local.date().isoformat()}|w:{year}-{week:02d}|"
+                                f"{plan.marketing_per_user_per_day}|"
+                                f"{plan.marketing_per_user_per_week}")
+            else:
+                policies.append("")
+        return policies
+
+    def _zone(self, raw_profile: str | None) -> ZoneInfo:
+        name = "UTC"
+        if raw_profile:
+            with contextlib.suppress(ValueError, AttributeError):
+                name = str(json.loads(raw_profile).get("timezone") or "UTC")
+        if name not in self._zones:
+            try:
+                self._zones[name] = ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                log.warning("unknown time zone %r; using UTC for its users", name)
+                self._zones[name] = ZoneInfo("UTC")
+        return self._zones[name]
+
+    def _start_sends(
+        self, tenant_id: str, channel: Channel, items: Sequence[_Work], now: float
+    ) -> list[ScriptCall]:
+        """Send what is due through the channel, in the background; the calls that acknowledge
+        entries whose push already reached its end."""
+        pipe = self.r.pipeline(transaction=False)
+        for _, _, _, (_, fields) in items:
+            pipe.hmget(keys.push_status(tenant_id, fields["push_id"]),
+                       "trail:delivered", "trail:dead", "retry_at")
+        calls: list[ScriptCall] = []
+        due: list[_Work] = []
+        for item, (was_delivered, was_dead, retry_at) in zip(items, pipe.execute(), strict=True):
+            if was_delivered or was_dead:
+                calls.append((_ACK_ONLY, [item[2]], [item[3][0]]))
+            elif retry_at is None or float(retry_at) <= now:
+                due.append(item)
+            # else: waiting out its backoff; it stays pending and is claimed again later
+        if due:
+            # A slow endpoint of one tenant must not hold up the others' passes.
+            future = self._sender.submit(channel.send_many, tenant_id,
+                                         [fields for _, _, _, (_, fields) in due])
+            self._sends.append((tenant_id, due, future))
+            self._in_flight.update(entry_id for _, _, _, (entry_id, _) in due)
+        return calls
+
+    def _finished_sends(self, now: float) -> list[ScriptCall]:
+        """The calls that record the outcomes of background sends that have finished."""
+        calls: list[ScriptCall] = []
+        pending = []
+        for tenant_id, due, future in self._sends:
+            if not future.done():
+                pending.append((tenant_id, due, future))
+                continue
+            try:
+                results = future.result()
+            except Exception as e:  # noqa: BLE001 - a channel's bug: retry, with the reason
+                log.exception("channel send failed")
+                results = [SendResult("retry", f"channel error: {type(e).__name__}: {e}")
+                           ] * len(due)
+            for (_, _, stream, (entry_id, fields)), result in zip(due, results, strict=True):
+                self._in_flight.discard(entry_id)
+                status_key = keys.push_status(tenant_id, fields["push_id"])
+                if result.outcome == "sent":
+                    calls.append((_SENT, [status_key, keys.status_counts(tenant_id), stream],
+                                  [entry_id, repr(now), self.retention_seconds,
+                                   json.dumps(dict(result.fields), separators=(",", ":"))]))
+                else:
+                    calls.append(self._fail_call(tenant_id, stream, entry_id, fields, now,
+                                                 result.detail, result.outcome == "permanent"))
+        self._sends = pending
+        return calls
+
+    def _fail_call(
+        self, tenant_id: str, stream: str, entry_id: str, fields: Mapping[str, str], now: float,
+        reason: str, is_permanent: bool,
+    ) -> ScriptCall:
+        return (
+            _FAIL,
+            [keys.push_status(tenant_id, fields["push_id"]), keys.status_counts(tenant_id),
+             stream, keys.dead_letter_stream(tenant_id)],
+            [entry_id, repr(now), self.retention_seconds, self.max_tries, reason,
+             fields["push_id"], self.retry_base_ms, random.uniform(0.5, 1.0),
+             json.dumps(dict(fields)), "1" if is_permanent else "0"],
+        )
+
+    def _call_unless_sendable(
+        self, tenant_id: str, stream: str, entry: _Entry, now: float
     ) -> ScriptCall | None:
-        """The call that handles an entry, or None for a well-formed inbox push (done in chunks)."""
+        """The call that handles an entry no channel can take, or None for one that it can."""
         entry_id, fields = entry
         push_id, user_id = fields.get("push_id", ""), fields.get("user_id", "")
         try:
-            status_key = keys.push_status(tenant_id, push_id)
+            keys.push_status(tenant_id, push_id)
             keys.inbox_stream(tenant_id, user_id)
         except ValueError as e:
             return (_DEAD_MALFORMED, [stream, keys.dead_letter_stream(tenant_id)],
-                    [entry_id, now, f"malformed outbox entry: {e}", json.dumps(fields)])
+                    [entry_id, repr(now), f"malformed outbox entry: {e}", json.dumps(fields)])
         channel = fields.get("channel", "")
-        if channel == "inbox":
+        if channel == "inbox" or channel in self._channels:
             return None
-        return (
-            _FAIL,
-            [status_key, keys.status_counts(tenant_id), stream, keys.dead_letter_stream(tenant_id)],
-            [entry_id, now, self.retention_seconds, self.max_tries,
-             f"no sender for channel {channel!r}", push_id, self.retry_base_ms,
-             random.uniform(0.5, 1.0), json.dumps(fields)],
-        )
+        return self._fail_call(tenant_id, stream, entry_id, fields, now,
+                               f"no sender for channel {channel!r}", False)
+
+
+def _plan_from_json(raw: str) -> Plan:
+    # Fields this version does not know (a newer writer's) are left out, not fatal.
+    known = {f.name for f in dataclasses.fields(Plan)}
+    return Plan(**{k: v for k, v in json.loads(raw).items() if k in known})
+
+
+def _is_quiet(plan: Plan, hour: int) -> bool:
+    start, end = plan.quiet_hours_start, plan.quiet_hours_end
+    if start is None or end is None or start == end:
+        return False
+    return start <= hour < end if start < end else hour >= start or hour < end
+
+
+def _entry(raw: Any) -> _Entry:
+    """A stream entry as a Lua script returns it: [id, [field, value, ...]]."""
+    entry_id, flat = raw
+    return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _by_stream(reply: Any) -> dict[str, list[_Entry]]:

@@ -1,23 +1,29 @@
 """The outbox: pushes accepted for delivery, one Redis stream per tenant and lane.
 
 A push id is its idempotency key: enqueueing an id that was ever enqueued changes nothing and is
-reported as a duplicate. Each push is accepted by one Lua script, so the id guard, the outbox
-entry and the "queued" status record are written together or not at all.
+reported as a duplicate. Pushes are accepted by a Lua script per chunk of one tenant and lane, so
+each push's id guard, outbox entry and "queued" status record are written together or not at all.
+Durability per lane (see docs/delivery.md): the server's AOF fsyncs every second; a call that
+accepts transactional pushes also waits for the fsync (``WAITAOF``) before it returns.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from pipeline import keys
-from pipeline.errors import InvalidInputError
+from pipeline.errors import InvalidInputError, PushError
 from pipeline.receipts import DEFAULT_RETENTION_SECONDS, ScriptCall, StatusScript, run_scripts
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CHANNELS",
@@ -26,6 +32,8 @@ __all__ = [
     "EnqueueResult",
     "make_push_id",
     "enqueue",
+    "WAIT_AOF_MS",
+    "BacklogFullError",
 ]
 
 CHANNELS = ("inbox", "webhook")
@@ -50,6 +58,7 @@ class Push:
 class EnqueueResult:
     accepted: list[str]
     duplicates: list[str]
+    rejected: list[str] = field(default_factory=list)  # over the tenant's backlog cap
 
 
 def make_push_id(*parts: str) -> str:
@@ -60,15 +69,49 @@ def make_push_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
 
+# Accepts a chunk of pushes of one tenant and lane. A push over the backlog cap is refused (2),
+# one already enqueued is a duplicate (0), any other is accepted (1).
+# KEYS: push ids, outbox, counts, transactional outbox, marketing outbox, then per push: status
+# ARGV: now, retention, backlog cap (-1: none), lane, then per push the 8 _FIELDS values
 _ENQUEUE = StatusScript("""
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 8))
-redis.call('HSET', KEYS[3], 'user_id', ARGV[4], 'lane', ARGV[5], 'channel', ARGV[6],
-           'campaign_id', ARGV[7], 'outbox_id', id)
-mark(KEYS[3], KEYS[4], 'queued', ARGV[2], '')
-retain(KEYS[3], ARGV[3])
-return 1
+local now, retention, cap, lane = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local backlog = 0
+if cap >= 0 then
+  -- Marketing counts the whole backlog; transactional only its own lane, so a marketing
+  -- flood never locks out a login code.
+  backlog = redis.call('XLEN', KEYS[4])
+  if lane == 'marketing' then backlog = backlog + redis.call('XLEN', KEYS[5]) end
+end
+local results, accepted = {}, 0
+for i = 1, #KEYS - 5 do
+  local status_key, a = KEYS[5 + i], 4 + 8 * (i - 1)
+  local push_id = ARGV[a + 1]
+  local code = 1
+  if cap >= 0 and backlog >= cap then
+    code = redis.call('SISMEMBER', KEYS[1], push_id) == 1 and 0 or 2
+  elseif redis.call('SADD', KEYS[1], push_id) == 0 then
+    code = 0
+  end
+  if code == 1 then
+    local id = redis.call('XADD', KEYS[2], '*', 'push_id', push_id, 'user_id', ARGV[a + 2],
+      'channel', ARGV[a + 3], 'campaign_id', ARGV[a + 4], 'title', ARGV[a + 5],
+      'body', ARGV[a + 6], 'data', ARGV[a + 7], 'enqueued_at', ARGV[a + 8])
+    -- mark() inlined: a push id new to the guard has no status record, so "queued" is first.
+    redis.call('HSET', status_key, 'user_id', ARGV[a + 2], 'lane', lane,
+      'channel', ARGV[a + 3], 'campaign_id', ARGV[a + 4], 'outbox_id', id,
+      'n', 1, 'status', 'queued', 'trail:queued', '1|' .. now .. '|')
+    redis.call('EXPIRE', status_key, retention)
+    backlog = backlog + 1
+    accepted = accepted + 1
+  end
+  results[i] = code
+end
+if accepted > 0 then redis.call('HINCRBY', KEYS[3], 'queued', accepted) end
+return results
 """)
+
+# How long a transactional enqueue waits for the server's fsync before it reports failure.
+WAIT_AOF_MS = 2000
 
 
 def enqueue(
@@ -77,46 +120,117 @@ def enqueue(
     batch_size: int = 500,
     *,
     retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+    is_transactional_fsynced: bool = True,
+    raise_on_backlog_full: bool = True,
 ) -> EnqueueResult:
-    """Accept pushes into their tenants' outboxes; all are validated before any is written."""
+    """Accept pushes into their tenants' outboxes; all are validated before any is written.
+
+    A push over its tenant's backlog cap (``Plan.max_backlog``) is refused and nothing about it
+    is stored: ``BacklogFullError`` says so (the others stay accepted, so sending the whole call
+    again later is safe), or, with ``raise_on_backlog_full=False``, it is listed in ``rejected``.
+    With ``is_transactional_fsynced``, a call that accepts transactional pushes returns only after
+    the server fsynced them (``WAITAOF``).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    checked = [_validated(p) for p in pushes]
     now = time.time()
-    calls = [_enqueue_call(p, now, retention_seconds) for p in map(_validated, pushes)]
-    accepted: list[str] = []
-    duplicates: list[str] = []
-    for start in range(0, len(calls), batch_size):
-        batch = calls[start : start + batch_size]
-        for push, result in zip(pushes[start : start + batch_size], run_scripts(r, batch),
-                                strict=True):
+    caps = _backlog_caps(r, {p.tenant_id for p in checked})
+    # Chunks of one tenant and lane, each remembering where its pushes stand in the input.
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, push in enumerate(checked):
+        groups.setdefault((push.tenant_id, push.lane), []).append(i)
+    chunk = min(batch_size, _CHUNK)
+    calls: list[ScriptCall] = []
+    members: list[list[int]] = []
+    for (tenant_id, lane), indexes in groups.items():
+        for start in range(0, len(indexes), chunk):
+            part = indexes[start : start + chunk]
+            calls.append(_enqueue_call(tenant_id, lane, [checked[i] for i in part], now,
+                                       retention_seconds, caps[tenant_id]))
+            members.append(part)
+    outcome = [0] * len(checked)
+    per_pipeline = max(1, batch_size // chunk)
+    for start in range(0, len(calls), per_pipeline):
+        batch = calls[start : start + per_pipeline]
+        has_transactional = any(call[2][3] == "transactional" for call in batch)
+        wait = WAIT_AOF_MS if has_transactional and is_transactional_fsynced else None
+        for part, result in zip(members[start : start + per_pipeline],
+                                _run(r, batch, wait), strict=True):
             if isinstance(result, Exception):
                 raise result
-            (accepted if result == 1 else duplicates).append(push.push_id)
-    return EnqueueResult(accepted=accepted, duplicates=duplicates)
+            for i, code in zip(part, result, strict=True):
+                outcome[i] = int(code)
+    by_code: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    for push, code in zip(checked, outcome, strict=True):
+        by_code[code].append(push.push_id)
+    result = EnqueueResult(accepted=by_code[1], duplicates=by_code[0], rejected=by_code[2])
+    if result.rejected and raise_on_backlog_full:
+        raise BacklogFullError(sorted({p.tenant_id for p, code in zip(checked, outcome,
+                                                                      strict=True) if code == 2}),
+                               result)
+    return result
 
 
-def _enqueue_call(push: Push, now: float, retention_seconds: int) -> ScriptCall:
-    enqueued_at = push.enqueued_at or now
-    tenant_id = push.tenant_id
+class BacklogFullError(PushError):
+    """Pushes refused because their tenant's backlog reached ``Plan.max_backlog``."""
+
+    def __init__(self, tenant_ids: list[str], result: EnqueueResult):
+        super().__init__(
+            f"tenant(s) {', '.join(map(repr, tenant_ids))} reached the plan's max_backlog: "
+            f"{len(result.rejected)} pushes were refused, {len(result.accepted)} accepted; "
+            "send the same pushes again later (accepted ones come back as duplicates) "
+            "or raise the plan's max_backlog"
+        )
+        self.tenant_ids = tenant_ids
+        self.result = result
+
+
+_CHUNK = 100
+
+
+def _run(r: redis.Redis, calls: Sequence[ScriptCall], wait_aof_ms: int | None) -> list[Any]:
+    if wait_aof_ms is None:
+        return run_scripts(r, calls)
+    try:
+        return run_scripts(r, calls, wait_aof_ms=wait_aof_ms)
+    except redis.ResponseError as e:
+        if "appendonly" not in str(e).lower():
+            raise
+        # A server without AOF cannot promise more than it does; the writes themselves ran.
+        log.warning("WAITAOF unavailable (%s); transactional pushes are not fsynced", e)
+        return run_scripts(r, calls)
+
+
+def _backlog_caps(r: redis.Redis, tenant_ids: set[str]) -> dict[str, int]:
+    """Each tenant's Plan.max_backlog, or -1 for a tenant with no plan stored."""
+    ordered = sorted(tenant_ids)
+    pipe = r.pipeline(transaction=False)
+    for tenant_id in ordered:
+        pipe.hget(keys.tenant_meta(tenant_id), "plan")
+    caps = {}
+    for tenant_id, raw in zip(ordered, pipe.execute(), strict=True):
+        caps[tenant_id] = int(json.loads(raw).get("max_backlog", -1)) if raw else -1
+    return caps
+
+
+def _enqueue_call(
+    tenant_id: str, lane: str, pushes: Sequence[Push], now: float, retention_seconds: int,
+    cap: int,
+) -> ScriptCall:
     script_keys = [
         keys.push_ids(tenant_id),
-        keys.outbox_stream(tenant_id, push.lane),
-        keys.push_status(tenant_id, push.push_id),
+        keys.outbox_stream(tenant_id, lane),
         keys.status_counts(tenant_id),
+        keys.outbox_stream(tenant_id, "transactional"),
+        keys.outbox_stream(tenant_id, "marketing"),
     ]
-    args: list[str | int | float] = [
-        push.push_id, repr(now), retention_seconds,
-        push.user_id, push.lane, push.channel, push.campaign_id,
-        # From here on: the outbox entry's fields, which the delivery worker reads.
-        "push_id", push.push_id,
-        "user_id", push.user_id,
-        "channel", push.channel,
-        "title", push.title,
-        "body", push.body,
-        "data", json.dumps(dict(push.data), separators=(",", ":")),
-        "campaign_id", push.campaign_id,
-        "enqueued_at", repr(enqueued_at),
-    ]
+    args: list[str | int | float] = [repr(now), retention_seconds, cap, lane]
+    for push in pushes:
+        script_keys.append(keys.push_status(tenant_id, push.push_id))
+        args += [push.push_id, push.user_id, push.channel, push.campaign_id, push.title,
+                 push.body, json.dumps(dict(push.data), separators=(",", ":")),
+                 repr(push.enqueued_at or now)]
     return _ENQUEUE, script_keys, args
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "DEFAULT_RETENTION_SECONDS",
     "StatusScript",
     "run_scripts",
+    "NotDurableError",
+    "mark_many",
     "mark",
     "status_trail",
     "status_counts",
@@ -74,29 +76,49 @@ class StatusScript:
 ScriptCall = tuple[StatusScript, Sequence[str], Sequence[str | int | float]]
 
 
-def run_scripts(r: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+def run_scripts(
+    r: redis.Redis, calls: Sequence[ScriptCall], *, wait_aof_ms: int | None = None
+) -> list[Any]:
     """Run script calls in one pipeline (EVALSHA); errors come back in place of results.
 
     A call that met NOSCRIPT did not run, so after loading the script it is simply sent again.
+    With ``wait_aof_ms``, each pipeline ends with ``WAITAOF 1 0 <ms>`` on the same connection,
+    so the calls return only once the server has fsynced their writes to its AOF; a server
+    without AOF raises ``redis.ResponseError``, and a timeout raises ``NotDurableError``.
     """
     if not calls:
         return []
-    results = _evalsha_pipeline(r, calls)
+    results = _evalsha_pipeline(r, calls, wait_aof_ms)
     missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
     if missing:
         for script in {calls[i][0] for i in missing}:
             r.script_load(script.source)
-        retried = _evalsha_pipeline(r, [calls[i] for i in missing])
+        retried = _evalsha_pipeline(r, [calls[i] for i in missing], wait_aof_ms)
         for i, res in zip(missing, retried, strict=True):
             results[i] = res
     return results
 
 
-def _evalsha_pipeline(r: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+class NotDurableError(redis.RedisError):
+    """The server did not fsync the writes within the wait; they may be lost on a crash."""
+
+
+def _evalsha_pipeline(
+    r: redis.Redis, calls: Sequence[ScriptCall], wait_aof_ms: int | None = None
+) -> list[Any]:
     pipe = r.pipeline(transaction=False)
     for script, script_keys, args in calls:
         pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-    return list(pipe.execute(raise_on_error=False))
+    if wait_aof_ms is not None:
+        pipe.execute_command("WAITAOF", 1, 0, wait_aof_ms)
+    results = list(pipe.execute(raise_on_error=False))
+    if wait_aof_ms is not None:
+        fsynced = results.pop()
+        if isinstance(fsynced, Exception):
+            raise fsynced
+        if int(fsynced[0]) < 1:
+            raise NotDurableError(f"the server did not fsync within {wait_aof_ms} ms")
+    return results
 
 
 _MARK_SCRIPT = StatusScript("""
@@ -134,6 +156,46 @@ def mark(
     if isinstance(result, Exception):
         raise result
     return bool(result == 1)
+
+
+# KEYS: counts, then per push: status; ARGV: status, now, retention. Returns how many were new.
+_MARK_MANY_SCRIPT = StatusScript("""
+local marked = 0
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    marked = marked + mark(KEYS[i], KEYS[1], ARGV[1], ARGV[2], '')
+    retain(KEYS[i], ARGV[3])
+  end
+end
+return marked
+""")
+
+
+def mark_many(
+    r: redis.Redis,
+    tenant_id: str,
+    push_ids: Sequence[str],
+    status: str,
+    *,
+    at: float | None = None,
+    retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+) -> int:
+    """``mark`` for many pushes of one tenant, a script call per 500; returns the new marks."""
+    if status not in STATUSES:
+        raise InvalidInputError("status", f"must be one of {STATUSES}, got {status!r}")
+    at = time.time() if at is None else at
+    status_keys = [_status_key(tenant_id, push_id) for push_id in push_ids]
+    calls: list[ScriptCall] = [
+        (_MARK_MANY_SCRIPT, [keys.status_counts(tenant_id), *status_keys[start : start + 500]],
+         [status, repr(at), retention_seconds])
+        for start in range(0, len(status_keys), 500)
+    ]
+    marked = 0
+    for result in run_scripts(r, calls):
+        if isinstance(result, Exception):
+            raise result
+        marked += int(result)
+    return marked
 
 
 def status_trail(r: redis.Redis, tenant_id: str, push_id: str) -> list[dict[str, Any]] | None:

@@ -30,6 +30,10 @@ __all__ = [
     "issue_user_token",
     "verify_user_token",
     "peek_token_tenant",
+    "set_plan",
+    "set_webhook_url",
+    "webhook_url",
+    "key_digest",
 ]
 
 SCOPES = ("events:write", "score", "push:send", "campaigns:write", "models:write", "admin")
@@ -41,6 +45,41 @@ class Plan:
     requests_per_second: int = 200
     sends_per_second: int = 500
     max_backlog: int = 1_000_000
+    # sends_per_second 0 means no limit on sending.
+    # Tokens the send bucket holds when full; 0 means a tenth of a second of sends_per_second.
+    send_burst: int = 0
+    # Marketing pushes per user per local day / ISO week; 0 means no cap.
+    marketing_per_user_per_day: int = 0
+    marketing_per_user_per_week: int = 0
+    # Local hours [start, end) in the user's time zone with no marketing pushes; may wrap midnight.
+    quiet_hours_start: int | None = None
+    quiet_hours_end: int | None = None
+    # Hard isolation: tenant-scoped workers connect as the tenant's Redis ACL user.
+    is_hard_isolated: bool = False
+    # Weighted round robin: entries a worker takes from the tenant per pass, in batches.
+    delivery_weight: int = 1
+
+    def __post_init__(self) -> None:
+        if self.sends_per_second < 0 or self.max_backlog < 0 or self.send_burst < 0:
+            raise InvalidInputError("plan", "rates, bursts and backlogs must be >= 0")
+        if self.delivery_weight < 1:
+            raise InvalidInputError("delivery_weight", f"must be >= 1, got {self.delivery_weight}")
+        hours = (self.quiet_hours_start, self.quiet_hours_end)
+        if (hours[0] is None) != (hours[1] is None) or any(
+            h is not None and not 0 <= h <= 23 for h in hours
+        ):
+            raise InvalidInputError(
+                "quiet_hours", f"give both start and end as hours 0-23, got {hours}"
+            )
+
+    @property
+    def burst(self) -> int:
+        return self.send_burst or max(1, self.sends_per_second // 10)
+
+    @property
+    def has_marketing_rules(self) -> bool:
+        return bool(self.marketing_per_user_per_day or self.marketing_per_user_per_week
+                    or self.quiet_hours_start is not None)
 
 
 @dataclass(frozen=True)
@@ -55,6 +94,11 @@ class ApiKey:
     tenant_id: str
     key_id: str
     scopes: tuple[str, ...]
+
+
+def key_digest(api_key: str) -> str:
+    """What we store of a key; also what a cache may hold instead of the key itself."""
+    return _hash_key(api_key)
 
 
 def _hash_key(api_key: str) -> str:
@@ -94,6 +138,26 @@ def get_tenant(r: redis.Redis, tenant_id: str) -> Tenant:
     meta = r.hgetall(keys.tenant_meta(tenant_id))
     plan = Plan(**json.loads(meta.get("plan", "{}")))
     return Tenant(tenant_id=tenant_id, created_at=float(meta.get("created_at", 0)), plan=plan)
+
+
+def set_plan(r: redis.Redis, tenant_id: str, plan: Plan) -> None:
+    """Replace the tenant's plan; workers pick it up within their plan refresh interval."""
+    if not tenant_exists(r, tenant_id):
+        raise UnknownTenantError(tenant_id)
+    r.hset(keys.tenant_meta(tenant_id), "plan", json.dumps(plan.__dict__))
+
+
+def set_webhook_url(r: redis.Redis, tenant_id: str, url: str) -> None:
+    """Where the webhook channel POSTs the tenant's pushes (http or https)."""
+    if not tenant_exists(r, tenant_id):
+        raise UnknownTenantError(tenant_id)
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInputError("webhook_url", f"must be an http(s) URL, got {url!r}")
+    r.hset(keys.tenant_meta(tenant_id), "webhook_url", url)
+
+
+def webhook_url(r: redis.Redis, tenant_id: str) -> str | None:
+    return r.hget(keys.tenant_meta(tenant_id), "webhook_url")  # type: ignore[no-any-return]
 
 
 def list_tenants(r: redis.Redis) -> list[str]:

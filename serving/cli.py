@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import signal
@@ -40,6 +41,13 @@ cli.add_typer(data_cli, name="data")
 # Command groups that live in their own modules. Add one line per group here, nothing else.
 # --- command groups ---
 cli.add_typer(cli_models.app, name="model")
+cli.add_typer(importlib.import_module("serving.cli_alerts").app, name="alerts")
+cli.add_typer(importlib.import_module("serving.cli_anomaly").app, name="anomaly")
+cli.add_typer(importlib.import_module("serving.cli_privacy").app, name="privacy")
+cli.add_typer(importlib.import_module("serving.cli_bench").app, name="bench")
+importlib.import_module("serving.cli_bench_serve")  # adds `bench serve` to the bench group
+cli.add_typer(importlib.import_module("serving.cli_gateway").app, name="gateway")
+importlib.import_module("serving.cli_campaigns").register(cli)  # campaign, scheduler
 # --- end of command groups ---
 
 log = logging.getLogger("pushpilot")

@@ -1,0 +1,67 @@
+"""`pushpilot anomaly detect|eval` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+PUSHPILOT = Path(sys.executable).with_name("pushpilot")
+NAB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nab_subset"
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PUSHPILOT_DATA_DIR": str(tmp_path / "data")}
+    return subprocess.run([str(PUSHPILOT), "anomaly", *args], capture_output=True, text=True,
+                          env=env, timeout=180, cwd=tmp_path)
+
+
+def test_detect_writes_the_series_back_with_a_causal_score(tmp_path: Path) -> None:
+    source = NAB / "data" / "realKnownCause" / "ec2_request_latency_system_failure.csv"
+    out = tmp_path / "scored.csv"
+    done = _run(tmp_path, "detect", "--input", str(source), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    scored, original = pd.read_csv(out), pd.read_csv(source)
+    assert list(scored.columns) == ["timestamp", "value", "anomaly_score"]
+    assert scored["timestamp"].tolist() == original["timestamp"].tolist()
+    assert scored["anomaly_score"].between(0, 1).all()
+    prefix = tmp_path / "prefix.csv"
+    original.head(2000).to_csv(prefix, index=False)
+    assert _run(tmp_path, "detect", "--input", str(prefix), "--out", str(tmp_path / "p.csv")).returncode == 0
+    assert pd.read_csv(tmp_path / "p.csv")["anomaly_score"].tolist() == scored["anomaly_score"].head(2000).tolist()
+
+
+@pytest.mark.slow
+def test_eval_prints_files_and_both_scores_in_one_json_line(tmp_path: Path) -> None:
+    done = _run(tmp_path, "eval", "--data", str(NAB / "data"), "--windows", str(NAB / "windows.json"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert sum(": raw=" in line for line in lines) == 18
+    summary = json.loads(lines[-1])
+    assert summary["windowed-gaussian"]["score"] == pytest.approx(12.1, abs=0.5)
+    assert summary["seasonal-likelihood"]["score"] > summary["windowed-gaussian"]["score"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("time,value\n2014-01-01 00:00:00,1\n", "column 'timestamp' is missing"),
+        ("timestamp,value\nyesterday-ish,1\n", "row 2 has timestamp 'yesterday-ish'"),
+        ("timestamp,value\n2014-01-01 00:00:00,abc\n", "row 2 has value 'abc'"),
+    ],
+)
+def test_bad_series_is_an_error_with_exit_2(tmp_path: Path, content: str, message: str) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_text(content)
+    done = _run(tmp_path, "detect", "--input", str(source), "--out", str(tmp_path / "o.csv"))
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr
+
+
+def test_missing_windows_file_is_an_error_with_exit_2(tmp_path: Path) -> None:
+    done = _run(tmp_path, "eval", "--data", str(NAB / "data"), "--windows", str(tmp_path / "nope.json"))
+    assert done.returncode == 2 and "error: --windows" in done.stderr and "no such file" in done.stderr

@@ -1,0 +1,151 @@
+"""Faults, for real: a worker process killed with SIGKILL, a Valkey server killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipeline import keys, tenants
+from pipeline.delivery import GROUP, DeliveryWorker
+from pipeline.outbox import Push, enqueue
+from pipeline.receipts import status_counts
+from pipeline.redis_server import EmbeddedRedis, connect
+from pipeline.tenants import Plan
+
+pytestmark = pytest.mark.slow
+
+_FAST = Plan(sends_per_second=1_000_000, send_burst=1_000_000)
+
+
+def drain(worker: DeliveryWorker) -> int:
+    total = 0
+    while handled := worker.deliver_once():
+        total += handled
+    return total
+
+
+def inbox_counts(r: redis.Redis, tenant_id: str, users: int) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for u in range(users):
+        seen.update(f["push_id"] for _, f in r.xrange(keys.inbox_stream(tenant_id, f"u{u}")))
+    return seen
+
+
+def pending(r: redis.Redis, tenant_id: str) -> int:
+    return sum(int(r.xpending(keys.outbox_stream(tenant_id, lane), GROUP)["pending"])
+               for lane in keys.LANES)
+
+
+def _worker_process(redis_url: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PUSHPILOT_REDIS_URL": redis_url, "PUSHPILOT_DATA_DIR": str(data_dir),
+           "PUSHPILOT_INBOX_MAX_LEN": "1000"}
+    pushpilot = Path(sys.executable).with_name("pushpilot")
+    with open(data_dir / "worker.err", "wb") as err:
+        return subprocess.Popen([str(pushpilot), "worker", "--name", "doomed"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+
+def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(redis_server, redis_client,
+                                                             new_tenant_id, tmp_path):
+    tenant_id = new_tenant_id("kill")
+    tenants.create_tenant(redis_client, tenant_id, _FAST)
+    n, users = 20_000, 200
+    ids = [f"p{i}" for i in range(n)]
+    result = enqueue(redis_client, [Push(tenant_id=tenant_id, push_id=p, user_id=f"u{i % users}",
+                                         body="x") for i, p in enumerate(ids)],
+                     batch_size=2000)
+    assert len(result.accepted) == n
+
+    proc = _worker_process(redis_server.url, tmp_path)
+    try:
+        # Watch the doomed worker and kill it well into the batch, with entries in its hands.
+        deadline = time.monotonic() + 60
+        while status_counts(redis_client, tenant_id)["delivered"] < 2000 or not (
+            seen_pending := pending(redis_client, tenant_id)
+        ):
+            assert proc.poll() is None, (tmp_path / "worker.err").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the worker process never got going"
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    at_kill = status_counts(redis_client, tenant_id)["delivered"]
+    stranded = pending(redis_client, tenant_id)
+    print(f"kill -9: {at_kill} of {n} delivered when killed, {seen_pending} pending in its hands "
+          f"just before the kill, {stranded} still pending after (the rest of its last "
+          "pipeline was already in the server's socket)")
+    assert at_kill < n, "the worker finished before it could be killed mid-batch"
+
+    successor = DeliveryWorker(redis_client, [tenant_id], consumer="successor", claim_idle_ms=0)
+    drain(successor)
+
+    seen = inbox_counts(redis_client, tenant_id, users)
+    assert set(seen) == set(ids)  # none lost
+    assert max(seen.values()) == 1  # none doubled
+    assert status_counts(redis_client, tenant_id)["delivered"] == n
+    assert pending(redis_client, tenant_id) == 0
+
+
+def test_every_acknowledged_push_survives_a_valkey_sigkill_and_restart(tmp_path):
+    tenant_id, users = "restart", 50
+    server = EmbeddedRedis(tmp_path)
+    server.acquire()
+    r = connect(server.url, socket_timeout=5)
+    tenants.create_tenant(r, tenant_id, _FAST)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def producer() -> None:
+        client = connect(server.url, socket_timeout=5)
+        batch = 0
+        while not stop.is_set():
+            lane = "transactional" if batch % 2 else "marketing"
+            chunk = [Push(tenant_id=tenant_id, push_id=f"b{batch}-{i}", user_id=f"u{i % users}",
+                          lane=lane) for i in range(100)]
+            try:
+                acknowledged.extend(enqueue(client, chunk).accepted)
+            except redis.RedisError:
+                return  # the server is gone; nothing more is acknowledged
+            batch += 1
+
+    worker = DeliveryWorker(connect(server.url, socket_timeout=5), [tenant_id], consumer="w1")
+    threads = [threading.Thread(target=producer),
+               threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 20})]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 3000 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(server.pid, signal.SIGKILL)
+        delivered_before = len(acknowledged)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    server.release()  # the lease on a dead server: nothing left to stop
+
+    with EmbeddedRedis(tmp_path) as again:  # same data directory, so the same AOF
+        r = connect(again.url)
+        drain(DeliveryWorker(r, [tenant_id], consumer="after", claim_idle_ms=0))
+        seen = inbox_counts(r, tenant_id, users)
+        counts = status_counts(r, tenant_id)
+        r.close()
+
+    print(f"valkey SIGKILL: {delivered_before} acknowledged before the kill, "
+          f"{len(acknowledged)} in all, {len(seen)} delivered after the restart")
+    assert len(acknowledged) >= 3000
+    assert set(acknowledged) <= set(seen)  # every acknowledged push was delivered
+    assert max(seen.values()) == 1
+    assert counts["delivered"] == len(seen)
