@@ -26,11 +26,17 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from models.registry import ModelRegistry
-from pipeline import guard, keys, outbox, receipts, tenants
-from pipeline.apilimit import count_request
-from pipeline.errors import AuthError, InvalidInputError
+from pipeline import campaigns, guard, keys, outbox, receipts, tenants
+from pipeline.apilimit import admit_request
+from pipeline.campaigns import runner
+from pipeline.campaigns.report import run_report
+from pipeline.campaigns.runner import RunConfig, default_run_id
+from pipeline.campaigns.scheduler import schedule_campaign, unschedule_campaign
+from pipeline.campaigns.store import campaign_status
+from pipeline.errors import AuthError, InvalidInputError, PushError
 from pipeline.events import ingest_events
 from pipeline.featurestore import feature_columns, load_features, load_profile, load_send_hours
+from pipeline.privacy import PrivacyPolicy, load_policy, save_policy
 from pipeline.redis_server import connect
 from serving.args import ServingArgs
 
@@ -130,6 +136,7 @@ app.add_middleware(_BodyLimitAndMetrics)
 
 _USER_ID = r"^[A-Za-z0-9_.:@-]{1,128}$"
 DEFAULT_SEND_HOUR = 19
+_KEY_CACHE_SECONDS = 5.0
 
 
 def _problem(status: int, title: str, detail: Any = None, **extra: Any) -> JSONResponse:
@@ -254,6 +261,7 @@ class Api:
                                            max_connections=20_000)
         self._registry = ModelRegistry(args.mlflow_tracking_uri, Path(args.mlflow_artifact_root))
         self._seen_series: set[tuple[str, str]] = set()
+        self._key_cache: dict[str, tuple[tenants.ApiKey, tenants.Plan, float]] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._feed_guard, name="guard-feed", daemon=True).start()
 
@@ -274,28 +282,159 @@ class Api:
     def _auth(self, authorization: str | None, scope: str) -> tenants.ApiKey:
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "send 'Authorization: Bearer <api key>'")
-        try:
-            key = tenants.authenticate(self._r, authorization.removeprefix("Bearer ").strip())
-        except AuthError as e:
-            raise HTTPException(401, str(e)) from None
+        key, plan = self._key_and_plan(authorization.removeprefix("Bearer ").strip())
         if scope not in key.scopes and "admin" not in key.scopes:
             raise HTTPException(403, f"this key lacks the {scope!r} scope")
-        now = time.time()
         series = f"key:{key.key_id}"
-        guard.record_requests(self._r, key.tenant_id, series, now)
         self._seen_series.add((key.tenant_id, series))
-        if guard.is_throttled(self._r, key.tenant_id, series, now):
+        admission = admit_request(self._r, key.tenant_id, series, plan.requests_per_second,
+                                  time.time())
+        if admission.reason == "guard_throttle":
             raise _TooManyRequests(
-                "the traffic guard throttles this API key after a burst; see GET /v1/alerts", 60
+                "the traffic guard throttles this API key after a burst; see GET /v1/alerts",
+                admission.retry_after_seconds,
             )
-        plan = tenants.get_tenant(self._r, key.tenant_id).plan
-        verdict = count_request(self._r, key.tenant_id, plan.requests_per_second, now)
-        if not verdict.is_allowed:
-            raise _TooManyRequests(
-                f"over the plan's {plan.requests_per_second} requests/s", verdict.retry_after_seconds
-            )
+        if admission.reason == "plan_limit":
+            raise _TooManyRequests(f"over the plan's {plan.requests_per_second} requests/s",
+                                   admission.retry_after_seconds)
         _count_tenant_request(key.tenant_id, scope)
         return key
+
+    def _key_and_plan(self, api_key: str) -> tuple[tenants.ApiKey, tenants.Plan]:
+        """The key's tenant, scopes and plan, cached for a few seconds per replica.
+
+        A revoked key or a changed plan takes effect within ``_KEY_CACHE_SECONDS``.
+        """
+        digest = tenants.key_digest(api_key)
+        now = time.monotonic()
+        cached = self._key_cache.get(digest)
+        if cached is not None and cached[2] > now:
+            return cached[0], cached[1]
+        try:
+            key = tenants.authenticate(self._r, api_key)
+        except AuthError as e:
+            raise HTTPException(401, str(e)) from None
+        plan = tenants.get_tenant(self._r, key.tenant_id).plan
+        if len(self._key_cache) > 10_000:
+            self._key_cache.clear()
+        self._key_cache[digest] = (key, plan, now + _KEY_CACHE_SECONDS)
+        return key, plan
+
+    @app.get("/v1/privacy/policy")
+    def get_policy(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """The tenant's privacy policy (the default one until the tenant sets its own)."""
+        key = self._auth(authorization, "admin")
+        stored = load_policy(self._r, key.tenant_id)
+        policy = stored or PrivacyPolicy.default()
+        return {"is_default": stored is None, **policy.to_dict()}
+
+    @app.put("/v1/privacy/policy")
+    async def put_policy(self, request: Request,
+                         authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Replace the tenant's policy: `{"operators": {ENTITY: op}, "default_operator": op}`."""
+        key = await asyncio.to_thread(self._auth, authorization, "admin")
+        text = (await request.body()).decode("utf-8", errors="replace")
+        policy = PrivacyPolicy.from_text(text, where="body")
+        await asyncio.to_thread(save_policy, self._r, key.tenant_id, policy)
+        return {"is_default": False, **policy.to_dict()}
+
+    @app.post("/v1/campaigns", status_code=201)
+    async def create_campaign(self, request: Request,
+                              authorization: Annotated[str | None, Header()] = None
+                              ) -> dict[str, Any]:
+        """Store a campaign spec (JSON); the tenant is the key's, whatever the body says."""
+        key = await asyncio.to_thread(self._auth, authorization, "campaigns:write")
+        try:
+            body = json.loads(await request.body())
+        except ValueError as e:
+            raise InvalidInputError("body", f"not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidInputError("body", "a campaign spec is a JSON object")
+        spec = campaigns.parse_spec(json.dumps({**body, "tenant": key.tenant_id}), where="body")
+        created = await asyncio.to_thread(campaigns.save_campaign, self._r, spec)
+        return {"campaign": spec.id, "created": created}
+
+    @app.get("/v1/campaigns")
+    def list_campaigns(self, authorization: Annotated[str | None, Header()] = None
+                       ) -> dict[str, Any]:
+        key = self._auth(authorization, "score")
+        return {"campaigns": campaigns.list_campaigns(self._r, key.tenant_id)}
+
+    def _campaign(self, tenant_id: str, campaign_id: str) -> campaigns.CampaignSpec:
+        try:
+            return campaigns.load_campaign(self._r, tenant_id, campaign_id)
+        except (campaigns.UnknownCampaignError, ValueError):
+            raise _not_found("campaign") from None
+
+    @app.get("/v1/campaigns/{campaign_id}")
+    def show_campaign(self, campaign_id: str,
+                      authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "score")
+        spec = self._campaign(key.tenant_id, campaign_id)
+        return {
+            "spec": spec.model_dump(mode="json"),
+            "state": campaign_status(self._r, key.tenant_id, campaign_id),
+            "runs": campaigns.list_runs(self._r, key.tenant_id, campaign_id),
+        }
+
+    @app.post("/v1/campaigns/{campaign_id}/runs", status_code=202)
+    def run_campaign(self, campaign_id: str,
+                     authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Start a run now, on the cluster's Ray; follow it at .../runs/{run_id}."""
+        key = self._auth(authorization, "campaigns:write")
+        spec = self._campaign(key.tenant_id, campaign_id)
+        config = RunConfig(redis_url=self._args.redis_url,
+                           tracking_uri=self._args.mlflow_tracking_uri,
+                           artifact_root=self._args.mlflow_artifact_root, show_progress=False)
+        run_id = default_run_id(time.time())
+
+        def execute() -> None:
+            try:
+                runner.run_campaign(self._r, config, spec, run_id)
+            except Exception:  # the run record keeps the error; a re-run resumes it
+                log.exception("campaign run %s/%s failed", campaign_id, run_id)
+
+        threading.Thread(target=execute, name=f"campaign-{run_id}", daemon=True).start()
+        return {"campaign": campaign_id, "run_id": run_id, "status": "started"}
+
+    @app.get("/v1/campaigns/{campaign_id}/runs/{run_id}")
+    def campaign_run(self, campaign_id: str, run_id: str,
+                     authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "score")
+        self._campaign(key.tenant_id, campaign_id)
+        return {k: v for k, v in self._run_record(key.tenant_id, campaign_id, run_id).items()
+                if k != "spec"}
+
+    def _run_record(self, tenant_id: str, campaign_id: str, run_id: str) -> dict[str, Any]:
+        try:
+            return campaigns.run_record(self._r, tenant_id, campaign_id, run_id)
+        except (PushError, ValueError):
+            raise _not_found("run") from None
+
+    @app.get("/v1/campaigns/{campaign_id}/runs/{run_id}/report")
+    def campaign_report(self, campaign_id: str, run_id: str,
+                        authorization: Annotated[str | None, Header()] = None
+                        ) -> dict[str, Any]:
+        key = self._auth(authorization, "score")
+        self._campaign(key.tenant_id, campaign_id)
+        self._run_record(key.tenant_id, campaign_id, run_id)
+        return run_report(self._r, key.tenant_id, campaign_id, run_id)
+
+    @app.post("/v1/campaigns/{campaign_id}/schedule")
+    def schedule(self, campaign_id: str,
+                 authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "campaigns:write")
+        spec = self._campaign(key.tenant_id, campaign_id)
+        return {"campaign": campaign_id,
+                "next_due": schedule_campaign(self._r, spec, time.time())}
+
+    @app.delete("/v1/campaigns/{campaign_id}/schedule")
+    def cancel(self, campaign_id: str,
+               authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        key = self._auth(authorization, "campaigns:write")
+        self._campaign(key.tenant_id, campaign_id)
+        unschedule_campaign(self._r, key.tenant_id, campaign_id)
+        return {"campaign": campaign_id, "scheduled": False}
 
     @app.get("/v1/alerts")
     def alerts(self, include_cleared: bool = False,
@@ -446,7 +585,14 @@ class Api:
             )
             for user_id in request.user_ids
         ]
-        result = outbox.enqueue(self._r, pushes)
+        try:
+            result = outbox.enqueue(self._r, pushes)
+        except outbox.BacklogFullError as e:
+            # Accepted ones are kept; sending the same request again is safe (idempotent ids).
+            raise _TooManyRequests(
+                f"the tenant's backlog is full: {len(e.result.rejected)} of {len(pushes)} pushes "
+                "refused; retry the same request later", 5,
+            ) from None
         return PushResponse(push_ids=[p.push_id for p in pushes], duplicates=result.duplicates)
 
     @app.get("/v1/pushes/{push_id}")

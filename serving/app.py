@@ -26,6 +26,9 @@ _WORKER_ENV = {
     "DO_NOT_TRACK": "true",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
+    # Ray runs one task or replica per CPU; OpenMP threads on top of that only fight for cores
+    # (a one-row HistGradientBoosting prediction went from 0.6 ms to 50 ms under load).
+    "OMP_NUM_THREADS": "1",
 }
 
 
@@ -40,11 +43,13 @@ def start_ray(settings: Settings) -> None:
         return
     for name, value in _WORKER_ENV.items():
         os.environ.setdefault(name, value)
+    # Ray Serve's own switches (ingress mode, proxy settings) reach the workers unchanged.
+    serve_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
     options: dict[str, object] = {
         "include_dashboard": False,
         "log_to_driver": False,
         "logging_level": logging.WARNING,
-        "runtime_env": {"env_vars": _WORKER_ENV},
+        "runtime_env": {"env_vars": {**_WORKER_ENV, **serve_env}},
     }
     if settings.ray_address:
         ray.init(address=settings.ray_address, **options)  # type: ignore[arg-type]

@@ -159,6 +159,75 @@ def test_guard_throttles_only_the_bursting_key_until_an_operator_clears_it(
     assert _get(world, "/v1/alerts", admin).json() == {"alerts": []}
 
 
+def test_privacy_policy_is_set_per_tenant_over_http(world: World, redis_server: EmbeddedRedis) -> None:
+    r = connect(redis_server.url)
+    admin_a = tenants.create_api_key(r, world.tenant_a, ["admin"])
+    admin_b = tenants.create_api_key(r, world.tenant_b, ["admin"])
+    headers = {"Authorization": f"Bearer {admin_a}", "Content-Type": "application/json"}
+    bad = httpx.put(world.base_url + "/v1/privacy/policy", headers=headers, timeout=30,
+                    content=b'{"operators": {"EMAIL_ADDRESS": "shred"}}')
+    assert bad.status_code == 422 and "shred" in bad.json()["detail"]
+    assert _get(world, "/v1/privacy/policy", admin_a).json()["is_default"] is True
+    good = httpx.put(world.base_url + "/v1/privacy/policy", headers=headers, timeout=30,
+                     content=b'{"operators": {"EMAIL_ADDRESS": "drop"}, "default_operator": "mask"}')
+    assert good.status_code == 200, good.text
+    mine = _get(world, "/v1/privacy/policy", admin_a).json()
+    assert mine["operators"] == {"EMAIL_ADDRESS": "drop"} and mine["default_operator"] == "mask"
+    assert _get(world, "/v1/privacy/policy", admin_b).json()["is_default"] is True
+    assert _get(world, "/v1/privacy/policy", world.key_a).status_code == 403
+
+
+def test_campaign_created_run_and_reported_over_http(
+    world: World, redis_server: EmbeddedRedis
+) -> None:
+    r = connect(redis_server.url)
+    writer = tenants.create_api_key(r, world.tenant_a, ["campaigns:write", "score"])
+    spec = {"id": "http-spring", "holdout_percent": 20, "selection": {"top_k": 60},
+            "variants": [{"name": "a", "title": "Hello", "body": "New in {country}", "weight": 1}]}
+    assert _post(world, "/v1/campaigns", world.key_a, spec).status_code == 403
+    bad = _post(world, "/v1/campaigns", writer, {**spec, "holdout_percent": 150})
+    assert bad.status_code == 422 and "holdout_percent" in bad.text
+    pii = _post(world, "/v1/campaigns", writer, {**spec, "variants": [
+        {"name": "a", "title": "Hi", "body": "Hi {email}", "weight": 1}]})
+    assert pii.status_code == 422 and "email" in pii.text
+    assert _post(world, "/v1/campaigns", writer, spec).status_code == 201
+
+    started = _post(world, "/v1/campaigns/http-spring/runs", writer, {})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        run = _get(world, f"/v1/campaigns/http-spring/runs/{run_id}", writer).json()
+        if run.get("status") in ("done", "failed"):
+            break
+        time.sleep(0.5)
+    assert run["status"] == "done", run
+    report = _get(world, f"/v1/campaigns/http-spring/runs/{run_id}/report", writer)
+    assert report.status_code == 200 and report.json()["selected"] == 60
+
+    theirs = _get(world, "/v1/campaigns/http-spring", world.key_b)
+    unknown = _get(world, "/v1/campaigns/no-such-campaign", world.key_b)
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json() == unknown.json()
+    assert _get(world, "/v1/campaigns", world.key_b).json() == {"campaigns": []}
+
+
+def test_a_full_backlog_gets_429_and_the_retry_is_safe(
+    world: World, redis_server: EmbeddedRedis
+) -> None:
+    r = connect(redis_server.url)
+    tid = "api-full"
+    if not tenants.tenant_exists(r, tid):
+        tenants.create_tenant(r, tid, plan=tenants.Plan(max_backlog=3))
+    key = tenants.create_api_key(r, tid, ["push:send"])
+    body = {"user_ids": [f"u{i}" for i in range(5)], "body": "hi", "lane": "marketing",
+            "idempotency_key": "full-1"}
+    first = _post(world, "/v1/pushes", key, body)
+    assert first.status_code == 429 and "backlog" in first.json()["detail"]
+    assert int(first.headers["Retry-After"]) >= 1
+    assert r.xlen(keys.outbox_stream(tid, "marketing")) == 3
+
+
 def test_body_over_the_limit_gets_413(world: World) -> None:
     big = {"user_ids": world.users_a[:1], "padding": "x" * 1_100_000}
     response = _post(world, "/v1/score", world.key_a, big)
