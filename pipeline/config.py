@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     max_models_per_replica: int = Field(default=16, ge=1)
     inbox_max_len: int = Field(default=1000, ge=10)
     log_level: str = "INFO"
+    redis_replicas_to_wait: int = Field(
+        default=0, ge=0,
+        description="Replicas a transactional enqueue waits for (WAIT) before it is "
+        "acknowledged; 0 for a single server. See docs/ha.md.",
+    )
+    redis_replica_wait_ms: int = Field(
+        default=2000, ge=1,
+        description="How long a transactional enqueue waits for its replicas before failing.",
+    )
 
     @field_validator("data_dir")
     @classmethod

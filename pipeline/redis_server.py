@@ -22,21 +22,192 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
-__all__ = ["EmbeddedRedis", "connect", "stop_embedded", "redis_url_for"]
+__all__ = [
+    "EmbeddedRedis",
+    "connect",
+    "connect_async",
+    "stop_embedded",
+    "redis_url_for",
+    "SENTINEL_SCHEME",
+    "CLUSTER_SCHEME",
+    "connect_cluster",
+    "SentinelUrl",
+    "parse_sentinel_url",
+]
 
 log = logging.getLogger(__name__)
 
 _STARTUP_TIMEOUT_SECONDS = 15.0
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+# How long a Sentinel may take to answer "who is the primary?" before the next one is asked.
+_SENTINEL_TIMEOUT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """The parts of a Sentinel URL; ValueError naming what is wrong with a bad one."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        raise ValueError(f"a Sentinel URL starts with {SENTINEL_SCHEME}://, got {url!r}")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(
+                f"Sentinel address {address!r} in {url!r} must be host:port, e.g. "
+                f"{SENTINEL_SCHEME}://127.0.0.1:26379,127.0.0.1:26380/pushpilot"
+            )
+        sentinels.append((host, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            f"a Sentinel URL names the monitored service after the hosts, optionally then the db "
+            f"number: {SENTINEL_SCHEME}://host:port/<service>[/<db>], got {url!r}"
+        )
+    username, _, password = credentials.partition(":") if credentials else ("", "", "")
+    return SentinelUrl(
+        sentinels=tuple(sentinels),
+        service_name=path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+    )
+
+
 def connect(url: str, **kwargs: object) -> redis.Redis:
-    """A client that decodes replies to str; ids and payloads here are text."""
+    """A client that decodes replies to str; ids and payloads here are text.
+
+    A ``redis+sentinel://`` URL gives a client of the service's current primary: after a
+    failover its next connection asks the Sentinels again, so it follows the promoted replica.
+    """
     options: dict[str, object] = {"decode_responses": True, "health_check_interval": 30}
     options.update(kwargs)
+    if url.startswith(f"{SENTINEL_SCHEME}:"):
+        return _sentinel_primary(parse_sentinel_url(url), options)
+    if url.startswith(f"{CLUSTER_SCHEME}:"):
+        return connect_cluster(url, **options)  # type: ignore[return-value]
     return redis.Redis.from_url(url, **options)  # type: ignore[arg-type]
+
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def _evalsha(pipe: Any, sha: str, numkeys: int, *keys_and_args: object) -> Any:
+    return pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+
+def connect_cluster(url: str, **kwargs: object) -> Any:
+    """A Redis Cluster client from ``redis+cluster://host:port[,host:port...]``.
+
+    redis-py refuses EVALSHA in cluster pipelines (a script's keys could span nodes). Ours
+    cannot: every key of a script is one tenant's, hash-tagged to one slot, so the pipelines
+    here may carry EVALSHA, routed by the script's first key.
+    """
+    from urllib.parse import urlsplit
+
+    from redis.cluster import ClusterNode, RedisCluster
+
+    parts = urlsplit(url)
+    nodes = []
+    for address in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"cluster node {address!r} in {url!r} must be host:port, e.g. "
+                             f"{CLUSTER_SCHEME}://127.0.0.1:7000,127.0.0.1:7001")
+        nodes.append(ClusterNode(host, int(port)))
+
+    class ScriptingCluster(RedisCluster):  # type: ignore[misc]
+        def pipeline(self, *args: Any, **kw: Any) -> Any:
+            pipe = super().pipeline(*args, **kw)
+            pipe.evalsha = _evalsha.__get__(pipe)
+            return pipe
+
+    options: dict[str, object] = {"decode_responses": True}
+    options.update(kwargs)
+    options.pop("health_check_interval", None)
+    return ScriptingCluster(startup_nodes=nodes, **options)
+
+
+def _primary_following_connection() -> type:
+    from redis.sentinel import SentinelManagedConnection
+
+    class PrimaryFollowingConnection(SentinelManagedConnection):  # type: ignore[misc]
+        """Asks Sentinel for the primary on every (re)connect.
+
+        redis-py's own retry path reconnects through ``connect_check_health``, which skips the
+        Sentinel lookup of ``connect``, so after a failover a retried command (and any
+        single-connection client) dialled the dead primary until its retries ran out.
+        """
+
+        def connect_check_health(self, check_health: bool = True,
+                                 retry_socket_connect: bool = True) -> None:
+            if self._sock is None and self.connection_pool.is_master:
+                self.host, self.port = self.connection_pool.get_master_address()
+            super().connect_check_health(check_health, retry_socket_connect)
+
+    return PrimaryFollowingConnection
+
+
+def _sentinel_primary(target: SentinelUrl, options: dict[str, object]) -> redis.Redis:
+    from redis.sentinel import Sentinel
+
+    options.setdefault("connection_class", _primary_following_connection())
+    sentinel = Sentinel(
+        list(target.sentinels),
+        sentinel_kwargs={"socket_timeout": _SENTINEL_TIMEOUT_SECONDS},
+        socket_timeout=options.pop("socket_timeout", None),  # type: ignore[arg-type]
+    )
+    if target.username:
+        options.setdefault("username", target.username)
+    if target.password:
+        options.setdefault("password", target.password)
+    options.setdefault("db", target.db)
+    # master_for hands its options to the connections; this one is the client's own.
+    is_single = bool(options.pop("single_connection_client", False))
+    client = sentinel.master_for(target.service_name, **options)  # type: ignore[arg-type]
+    if not is_single:
+        return client
+    return redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
+
+
+def connect_async(url: str, **kwargs: object) -> Any:
+    """The asyncio twin of ``connect`` (for the API and the gateway), Sentinel URLs included."""
+    import redis.asyncio as aioredis
+
+    options: dict[str, object] = {"decode_responses": True, "health_check_interval": 30}
+    options.update(kwargs)
+    if not url.startswith(f"{SENTINEL_SCHEME}:"):
+        return aioredis.Redis.from_url(url, **options)  # type: ignore[arg-type]
+    from redis.asyncio.sentinel import Sentinel
+
+    target = parse_sentinel_url(url)
+    sentinel = Sentinel(list(target.sentinels),
+                        sentinel_kwargs={"socket_timeout": _SENTINEL_TIMEOUT_SECONDS})
+    if target.username:
+        options.setdefault("username", target.username)
+    if target.password:
+        options.setdefault("password", target.password)
+    options.setdefault("db", target.db)
+    return sentinel.master_for(target.service_name, **options)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ cli.add_typer(importlib.import_module("serving.cli_privacy").app, name="privacy"
 cli.add_typer(importlib.import_module("serving.cli_bench").app, name="bench")
 importlib.import_module("serving.cli_bench_serve")  # adds `bench serve` to the bench group
 cli.add_typer(importlib.import_module("serving.cli_gateway").app, name="gateway")
+importlib.import_module("serving.cli_backup").register(cli)  # top-level backup, restore
 importlib.import_module("serving.cli_campaigns").register(cli)  # campaign, scheduler
 # --- end of command groups ---
 
