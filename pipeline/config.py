@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
-    serve_replicas: int = Field(default=1, ge=1)
+    serve_replicas: int = Field(default=1, ge=1, description="Scorer replicas (at least).")
+    serve_max_replicas: int | None = Field(
+        default=None, ge=1, description="Autoscale the scorer up to this many replicas."
+    )
     max_models_per_replica: int = Field(default=16, ge=1)
     inbox_max_len: int = Field(default=1000, ge=10)
     log_level: str = "INFO"

@@ -122,6 +122,8 @@ def enqueue(
     retention_seconds: int = DEFAULT_RETENTION_SECONDS,
     is_transactional_fsynced: bool = True,
     raise_on_backlog_full: bool = True,
+    replicas_to_wait: int = 0,
+    replica_wait_ms: int = 1000,
 ) -> EnqueueResult:
     """Accept pushes into their tenants' outboxes; all are validated before any is written.
 
@@ -129,7 +131,8 @@ def enqueue(
     is stored: ``BacklogFullError`` says so (the others stay accepted, so sending the whole call
     again later is safe), or, with ``raise_on_backlog_full=False``, it is listed in ``rejected``.
     With ``is_transactional_fsynced``, a call that accepts transactional pushes returns only after
-    the server fsynced them (``WAITAOF``).
+    the server fsynced them (``WAITAOF``); with ``replicas_to_wait``, only after that many
+    replicas hold them (``WAIT``), else ``NotReplicatedError`` and the caller retries the same ids.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -155,8 +158,9 @@ def enqueue(
         batch = calls[start : start + per_pipeline]
         has_transactional = any(call[2][3] == "transactional" for call in batch)
         wait = WAIT_AOF_MS if has_transactional and is_transactional_fsynced else None
+        replicas = replicas_to_wait if has_transactional else 0
         for part, result in zip(members[start : start + per_pipeline],
-                                _run(r, batch, wait), strict=True):
+                                _run(r, batch, wait, replicas, replica_wait_ms), strict=True):
             if isinstance(result, Exception):
                 raise result
             for i, code in zip(part, result, strict=True):
@@ -189,17 +193,10 @@ class BacklogFullError(PushError):
 _CHUNK = 100
 
 
-def _run(r: redis.Redis, calls: Sequence[ScriptCall], wait_aof_ms: int | None) -> list[Any]:
-    if wait_aof_ms is None:
-        return run_scripts(r, calls)
-    try:
-        return run_scripts(r, calls, wait_aof_ms=wait_aof_ms)
-    except redis.ResponseError as e:
-        if "appendonly" not in str(e).lower():
-            raise
-        # A server without AOF cannot promise more than it does; the writes themselves ran.
-        log.warning("WAITAOF unavailable (%s); transactional pushes are not fsynced", e)
-        return run_scripts(r, calls)
+def _run(r: redis.Redis, calls: Sequence[ScriptCall], wait_aof_ms: int | None,
+         replicas_to_wait: int, replica_wait_ms: int) -> list[Any]:
+    return run_scripts(r, calls, wait_aof_ms=wait_aof_ms, replicas_to_wait=replicas_to_wait,
+                       replica_wait_ms=replica_wait_ms)
 
 
 def _backlog_caps(r: redis.Redis, tenant_ids: set[str]) -> dict[str, int]:

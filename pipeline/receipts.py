@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from pipeline import keys
+from pipeline.durability import add_replica_wait, check_replica_wait
 from pipeline.errors import InvalidInputError
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "status_trail",
     "status_counts",
 ]
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("queued", "sent", "delivered", "acked", "opened", "suppressed", "failed", "dead")
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
@@ -77,23 +81,27 @@ ScriptCall = tuple[StatusScript, Sequence[str], Sequence[str | int | float]]
 
 
 def run_scripts(
-    r: redis.Redis, calls: Sequence[ScriptCall], *, wait_aof_ms: int | None = None
+    r: redis.Redis, calls: Sequence[ScriptCall], *, wait_aof_ms: int | None = None,
+    replicas_to_wait: int = 0, replica_wait_ms: int = 1000,
 ) -> list[Any]:
     """Run script calls in one pipeline (EVALSHA); errors come back in place of results.
 
     A call that met NOSCRIPT did not run, so after loading the script it is simply sent again.
     With ``wait_aof_ms``, each pipeline ends with ``WAITAOF 1 0 <ms>`` on the same connection,
-    so the calls return only once the server has fsynced their writes to its AOF; a server
-    without AOF raises ``redis.ResponseError``, and a timeout raises ``NotDurableError``.
+    so the calls return only once the server has fsynced their writes to its AOF (a timeout
+    raises ``NotDurableError``; a server without AOF is logged once per call and not waited
+    for). With ``replicas_to_wait``, the pipeline then ends with ``WAIT n <ms>``: the calls
+    return only once that many replicas hold their writes, else ``NotReplicatedError``.
     """
     if not calls:
         return []
-    results = _evalsha_pipeline(r, calls, wait_aof_ms)
+    results = _evalsha_pipeline(r, calls, wait_aof_ms, replicas_to_wait, replica_wait_ms)
     missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
     if missing:
         for script in {calls[i][0] for i in missing}:
             r.script_load(script.source)
-        retried = _evalsha_pipeline(r, [calls[i] for i in missing], wait_aof_ms)
+        retried = _evalsha_pipeline(r, [calls[i] for i in missing], wait_aof_ms,
+                                    replicas_to_wait, replica_wait_ms)
         for i, res in zip(missing, retried, strict=True):
             results[i] = res
     return results
@@ -104,20 +112,29 @@ class NotDurableError(redis.RedisError):
 
 
 def _evalsha_pipeline(
-    r: redis.Redis, calls: Sequence[ScriptCall], wait_aof_ms: int | None = None
+    r: redis.Redis, calls: Sequence[ScriptCall], wait_aof_ms: int | None = None,
+    replicas_to_wait: int = 0, replica_wait_ms: int = 1000,
 ) -> list[Any]:
     pipe = r.pipeline(transaction=False)
     for script, script_keys, args in calls:
         pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
     if wait_aof_ms is not None:
         pipe.execute_command("WAITAOF", 1, 0, wait_aof_ms)
+    # WAIT counts replicas holding this connection's writes, so it rides the same pipeline.
+    has_replica_wait = add_replica_wait(pipe, replicas_to_wait, replica_wait_ms)
     results = list(pipe.execute(raise_on_error=False))
+    replicated = results.pop() if has_replica_wait else None
     if wait_aof_ms is not None:
         fsynced = results.pop()
-        if isinstance(fsynced, Exception):
+        if isinstance(fsynced, redis.ResponseError) and "appendonly" in str(fsynced).lower():
+            # A server without AOF cannot promise more than it does; the writes themselves ran.
+            log.warning("WAITAOF unavailable (%s); writes are not fsynced before the ack", fsynced)
+        elif isinstance(fsynced, Exception):
             raise fsynced
-        if int(fsynced[0]) < 1:
+        elif int(fsynced[0]) < 1:
             raise NotDurableError(f"the server did not fsync within {wait_aof_ms} ms")
+    if has_replica_wait:
+        check_replica_wait(replicated, replicas_to_wait, replica_wait_ms)
     return results
 
 

@@ -60,8 +60,14 @@ class Plan:
     delivery_weight: int = 1
 
     def __post_init__(self) -> None:
-        if self.sends_per_second < 0 or self.max_backlog < 0 or self.send_burst < 0:
-            raise InvalidInputError("plan", "rates, bursts and backlogs must be >= 0")
+        if self.sends_per_second < 1 or self.requests_per_second < 1:
+            # A rate of 0 would stall the tenant's lanes forever; pause a tenant another way.
+            raise InvalidInputError(
+                "plan", f"sends_per_second and requests_per_second must be >= 1, got "
+                f"{self.sends_per_second} and {self.requests_per_second}"
+            )
+        if self.max_backlog < 0 or self.send_burst < 0:
+            raise InvalidInputError("plan", "bursts and backlogs must be >= 0")
         if self.delivery_weight < 1:
             raise InvalidInputError("delivery_weight", f"must be >= 1, got {self.delivery_weight}")
         hours = (self.quiet_hours_start, self.quiet_hours_end)

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -33,11 +32,12 @@ from pipeline.campaigns.report import run_report
 from pipeline.campaigns.runner import RunConfig, default_run_id
 from pipeline.campaigns.scheduler import schedule_campaign, unschedule_campaign
 from pipeline.campaigns.store import campaign_status
+from pipeline.durability import NotReplicatedError
 from pipeline.errors import AuthError, InvalidInputError, PushError
 from pipeline.events import ingest_events
 from pipeline.featurestore import feature_columns, load_features, load_profile, load_send_hours
 from pipeline.privacy import PrivacyPolicy, load_policy, save_policy
-from pipeline.redis_server import connect
+from pipeline.redis_server import connect, connect_async
 from serving.args import ServingArgs
 
 __all__ = ["Api", "app"]
@@ -158,7 +158,7 @@ class _TooManyRequests(HTTPException):
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-              413: "Payload Too Large", 429: "Too Many Requests"}
+              413: "Payload Too Large", 429: "Too Many Requests", 503: "Service Unavailable"}
     if isinstance(exc, _TooManyRequests):
         return _problem(429, titles[429], exc.detail, retry_after=exc.retry_after_seconds)
     return _problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
@@ -247,7 +247,9 @@ def _not_found(what: str) -> HTTPException:
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.5},
+    # Logical CPUs only: the ingress mostly waits on Redis and the scorer, and campaign tasks
+    # need whole CPUs of the same two-core machine.
+    ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=200,
     health_check_period_s=10,
 )
@@ -257,8 +259,7 @@ class Api:
         self._args = args
         self._scorer = scorer
         self._r = connect(args.redis_url, max_connections=256)
-        self._ar = aioredis.Redis.from_url(args.redis_url, decode_responses=True,
-                                           max_connections=20_000)
+        self._ar = connect_async(args.redis_url, max_connections=20_000)
         self._registry = ModelRegistry(args.mlflow_tracking_uri, Path(args.mlflow_artifact_root))
         self._seen_series: set[tuple[str, str]] = set()
         self._key_cache: dict[str, tuple[tenants.ApiKey, tenants.Plan, float]] = {}
@@ -586,7 +587,13 @@ class Api:
             for user_id in request.user_ids
         ]
         try:
-            result = outbox.enqueue(self._r, pushes)
+            result = outbox.enqueue(self._r, pushes,
+                                    replicas_to_wait=self._args.redis_replicas_to_wait,
+                                    replica_wait_ms=self._args.redis_replica_wait_ms)
+        except NotReplicatedError:
+            # Not acknowledged, so not promised: the same request again is safe.
+            raise HTTPException(503, "no replica confirmed the pushes in time; retry the same "
+                                "request (its push ids make it idempotent)") from None
         except outbox.BacklogFullError as e:
             # Accepted ones are kept; sending the same request again is safe (idempotent ids).
             raise _TooManyRequests(

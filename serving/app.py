@@ -33,7 +33,14 @@ _WORKER_ENV = {
 
 
 def build_app(args: ServingArgs) -> serve.Application:
-    scorer = Scorer.options(num_replicas=args.scorer_replicas).bind(args)
+    if args.scorer_max_replicas > args.scorer_replicas:
+        scorer = Scorer.options(autoscaling_config={
+            "min_replicas": args.scorer_replicas,
+            "max_replicas": args.scorer_max_replicas,
+            "target_ongoing_requests": 8,
+        }).bind(args)
+    else:
+        scorer = Scorer.options(num_replicas=args.scorer_replicas).bind(args)
     return Api.bind(args, scorer)
 
 

@@ -16,10 +16,13 @@ class ServingArgs(BaseModel):
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
     scorer_replicas: int = Field(default=1, ge=1)
+    scorer_max_replicas: int = Field(default=1, ge=1)
     max_models_per_replica: int = Field(default=16, ge=1)
     champion_refresh_seconds: float = Field(default=3.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_users_per_request: int = Field(default=1000, ge=1)
+    redis_replicas_to_wait: int = Field(default=0, ge=0)
+    redis_replica_wait_ms: int = Field(default=1000, ge=1)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str) -> ServingArgs:
@@ -28,5 +31,8 @@ class ServingArgs(BaseModel):
             mlflow_tracking_uri=settings.mlflow_tracking_uri,
             mlflow_artifact_root=str(settings.mlflow_artifact_root),
             scorer_replicas=settings.serve_replicas,
+            scorer_max_replicas=max(settings.serve_replicas, settings.serve_max_replicas or 0),
             max_models_per_replica=settings.max_models_per_replica,
+            redis_replicas_to_wait=settings.redis_replicas_to_wait,
+            redis_replica_wait_ms=settings.redis_replica_wait_ms,
         )

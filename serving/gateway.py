@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from pipeline import keys, receipts, tenants
 from pipeline.errors import AuthError
-from pipeline.redis_server import connect
+from pipeline.redis_server import SENTINEL_SCHEME, connect, connect_async
 
 __all__ = ["Gateway"]
 
@@ -68,9 +68,15 @@ class Gateway:
 
     async def start(self) -> None:
         # Blocking pool: with more devices than connections, a read waits for one, not fails.
-        pool = aioredis.BlockingConnectionPool.from_url(self.redis_url, decode_responses=True,
-                                                        max_connections=64, timeout=None)
-        self._ar = aioredis.Redis(connection_pool=pool)
+        if self.redis_url.startswith(f"{SENTINEL_SCHEME}:"):
+            # Behind Sentinel the client must find the primary again after a failover.
+            self._ar = connect_async(self.redis_url, max_connections=64)
+        else:
+            # Blocking pool: with more devices than connections, a read waits for one.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.redis_url, decode_responses=True, max_connections=64, timeout=None
+            )
+            self._ar = aioredis.Redis(connection_pool=pool)
         self._r = connect(self.redis_url)
         self._pubsub = self._ar.pubsub(ignore_subscribe_messages=True)
         self._server = await serve(self._handle, self.host, self.port, max_queue=64,

@@ -34,7 +34,7 @@ class _TenantModel:
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.5},
+    ray_actor_options={"num_cpus": 0.25},
     health_check_period_s=10,
     health_check_timeout_s=30,
 )

@@ -30,7 +30,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data_dir = tmp_path_factory.mktemp("pushpilot-data")
-    return Settings(data_dir=data_dir, http_port=free_port())
+    # Two scorer replicas, as production runs: a test kills one under load.
+    return Settings(data_dir=data_dir, http_port=free_port(), serve_replicas=2)
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def _registry(where: Path) -> ModelRegistry:
 def _seed_tenant(r: redis.Redis, registry: ModelRegistry, tenant_id: str,
                  has_models: bool = True) -> dict[str, object]:
     """A tenant with settings, a policy, an API key, receipts, pending pushes and two models."""
-    tenants.create_tenant(r, tenant_id, tenants.Plan(sends_per_second=0, max_backlog=5000,
+    tenants.create_tenant(r, tenant_id, tenants.Plan(sends_per_second=7, max_backlog=5000,
                                                       marketing_per_user_per_day=3))
     tenants.set_webhook_url(r, tenant_id, "https://hooks.example.test/pp")
     save_policy(r, tenant_id, PrivacyPolicy(operators={"EMAIL_ADDRESS": "pseudonymize"},

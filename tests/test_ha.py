@@ -226,11 +226,11 @@ def test_killing_the_primary_loses_no_acknowledged_transactional_push(
         for lane in ("transactional", "marketing"):
             push_id = f"{lane[0]}-{i}"
             try:
+                # A transactional enqueue returns only once a replica holds it (WAIT 1).
                 result = enqueue(producer, [Push(tenant_id, push_id, f"u{i % 50}", lane=lane,
                                                  body="hello")],
-                                 is_transactional_fsynced=lane == "transactional")
-                if lane == "transactional":
-                    wait_for_replicas(producer, 1, 1000)
+                                 is_transactional_fsynced=lane == "transactional",
+                                 replicas_to_wait=1, replica_wait_ms=1000)
                 if result.accepted:
                     acked[lane].append(push_id)
                     if killed_at is not None and first_after_kill is None:
