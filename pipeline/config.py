@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -43,7 +44,12 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
-    serve_replicas: int = Field(default=1, ge=1, description="Scorer replicas (at least).")
+    serve_replicas: int = Field(
+        default=1, ge=1, description="Ingress (and scorer) replicas, at least."
+    )
+    serve_ingress: Literal["haproxy", "proxy"] = Field(
+        default="haproxy", description="HAProxy straight to replicas, or Ray Serve's proxy."
+    )
     serve_max_replicas: int | None = Field(
         default=None, ge=1, description="Autoscale the scorer up to this many replicas."
     )

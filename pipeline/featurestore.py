@@ -52,12 +52,13 @@ def load_features(r: redis.Redis, tenant_id: str, user_ids: Sequence[str]) -> pd
     """Features of the given users; users the tenant does not have are left out."""
     columns = feature_columns(r, tenant_id)
     raw = r.hmget(keys.user_features(tenant_id), list(user_ids)) if user_ids else []
-    found = [(uid, json.loads(v)) for uid, v in zip(user_ids, raw, strict=True) if v is not None]
+    found = [(uid, v) for uid, v in zip(user_ids, raw, strict=True) if v is not None]
     if not found:
         return pd.DataFrame(columns=columns, dtype=np.float64)
     index = pd.Index([uid for uid, _ in found], name="user_id")
-    data = np.array([[np.nan if x is None else x for x in row] for _, row in found], dtype=np.float64)
-    return pd.DataFrame(data, index=index, columns=columns)
+    # One json.loads for all rows is several times faster than one per user; null becomes NaN.
+    data = np.array(json.loads("[" + ",".join(v for _, v in found) + "]"), dtype=np.float64)
+    return pd.DataFrame(data.reshape(len(found), len(columns)), index=index, columns=columns)
 
 
 def store_profiles(r: redis.Redis, tenant_id: str, profiles: pd.DataFrame) -> int:

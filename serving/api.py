@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import pandas as pd
 import redis
 from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
@@ -21,10 +22,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from models.registry import ModelRegistry
 from pipeline import campaigns, guard, keys, outbox, receipts, tenants
 from pipeline.apilimit import admit_request
 from pipeline.campaigns import runner
@@ -39,6 +38,7 @@ from pipeline.featurestore import feature_columns, load_features, load_profile, 
 from pipeline.privacy import PrivacyPolicy, load_policy, save_policy
 from pipeline.redis_server import connect, connect_async
 from serving.args import ServingArgs
+from serving.scorer import ChampionLoader, TenantModel, predict_batch, reasons_for
 
 __all__ = ["Api", "app"]
 
@@ -192,6 +192,7 @@ class ScoreRequest(BaseModel):
     user_ids: list[Annotated[str, Field(pattern=_USER_ID)]] = Field(default_factory=list,
                                                                    max_length=1000)
     users: list[InlineUser] = Field(default_factory=list, max_length=1000)
+    explain: bool = Field(default=True, description="Add reason codes to each score.")
 
 
 class ScoreItem(BaseModel):
@@ -247,20 +248,21 @@ def _not_found(what: str) -> HTTPException:
 
 
 @serve.deployment(
-    # Logical CPUs only: the ingress mostly waits on Redis and the scorer, and campaign tasks
-    # need whole CPUs of the same two-core machine.
+    # Logical CPUs only: the ingress mostly waits on Redis, and campaign tasks need whole CPUs
+    # of the same two-core machine.
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=200,
     health_check_period_s=10,
+    health_check_timeout_s=30,
 )
 @serve.ingress(app)
 class Api:
-    def __init__(self, args: ServingArgs, scorer: DeploymentHandle):
+    def __init__(self, args: ServingArgs):
         self._args = args
-        self._scorer = scorer
+        self._models = ChampionLoader(args.mlflow_tracking_uri, Path(args.mlflow_artifact_root),
+                                      args.champion_refresh_seconds)
         self._r = connect(args.redis_url, max_connections=256)
         self._ar = connect_async(args.redis_url, max_connections=20_000)
-        self._registry = ModelRegistry(args.mlflow_tracking_uri, Path(args.mlflow_artifact_root))
         self._seen_series: set[tuple[str, str]] = set()
         self._key_cache: dict[str, tuple[tenants.ApiKey, tenants.Plan, float]] = {}
         self._stop = threading.Event()
@@ -464,6 +466,10 @@ class Api:
             {t: receipts.status_counts(self._r, t) for t in tenants.list_tenants(self._r)}
         )
 
+    def check_health(self) -> None:
+        """Ray Serve's replica health check: a replica that cannot reach Redis is replaced."""
+        self._r.ping()
+
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -475,7 +481,7 @@ class Api:
         except redis.RedisError as e:
             return _problem(503, "Service Unavailable", f"redis unreachable: {type(e).__name__}")
         try:
-            self._registry.champion_version("readiness-probe", "propensity")
+            self._models.is_reachable()
         except Exception as e:  # noqa: BLE001 - any failure to reach MLflow means not ready.
             return _problem(503, "Service Unavailable", f"mlflow unreachable: {type(e).__name__}")
         return JSONResponse({"status": "ready", "redis": "ok", "mlflow": "ok"})
@@ -513,9 +519,34 @@ class Api:
             "features": {} if features.empty else features.iloc[0].to_dict(),
         }
 
-    @app.post("/v1/score", response_model=ScoreResponse)
-    def score(self, request: ScoreRequest,
-              authorization: Annotated[str | None, Header()] = None) -> ScoreResponse:
+    @serve.multiplexed(max_num_models_per_replica=16)
+    async def _tenant_model(self, tenant_id: str) -> TenantModel:
+        return await asyncio.to_thread(self._models.load, tenant_id)
+
+    async def _champion(self, tenant_id: str) -> TenantModel:
+        try:
+            loaded = await self._tenant_model(tenant_id)
+        except LookupError:
+            raise HTTPException(404, "no champion model for this tenant; train one") from None
+        if self._models.is_stale(loaded):
+            # A promoted champion replaces the loaded one within champion_refresh_seconds.
+            await asyncio.to_thread(self._models.refresh, loaded)
+        return loaded
+
+    # Concurrent requests share one predict_proba call per tenant: requests that queue while a
+    # batch runs form the next one (up to 4,096 rows), and a lone request never waits.
+    @serve.batch(
+        max_batch_size=4096,
+        batch_wait_timeout_s=0.0,
+        batch_size_fn=lambda items: sum(len(features) for _, features in items),
+    )
+    async def _predict(
+        self, items: list[tuple[TenantModel, pd.DataFrame]]
+    ) -> list[tuple[np.ndarray, int]]:
+        return predict_batch(items)
+
+    def _score_inputs(self, authorization: str | None,
+                      request: ScoreRequest) -> tuple[tenants.ApiKey, pd.DataFrame, dict[str, int]]:
         key = self._auth(authorization, "score")
         if bool(request.user_ids) == bool(request.users):
             raise InvalidInputError("user_ids", "give either user_ids or users (inline features), "
@@ -527,24 +558,39 @@ class Api:
                 raise HTTPException(404, f"users not found: {missing[:20]}")
         else:
             features = self._inline_features(key.tenant_id, request.users)
-        try:
-            result = self._scorer.options(multiplexed_model_id=key.tenant_id).score.remote(
-                features
-            ).result()
-        except Exception as e:  # noqa: BLE001 - Ray wraps the replica's error; we name it.
-            if "LookupError" in repr(e):
-                raise HTTPException(404, "no champion model for this tenant; train one") from None
-            raise
         hours = load_send_hours(self._r, key.tenant_id, list(features.index))
-        return ScoreResponse(
-            model_version=result["model_version"],
-            scores=[
-                ScoreItem(user_id=u, score=s, best_send_hour=hours.get(u, DEFAULT_SEND_HOUR),
-                          reasons=reasons)
-                for u, s, reasons in zip(features.index, result["scores"], result["reasons"],
-                                         strict=True)
+        return key, features, hours
+
+    @app.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, request: ScoreRequest,
+                    authorization: Annotated[str | None, Header()] = None) -> Response:
+        started = time.perf_counter()
+        key, features, hours = await asyncio.to_thread(self._score_inputs, authorization, request)
+        looked_up = time.perf_counter()
+        champion = await self._champion(key.tenant_id)
+        loaded = time.perf_counter()
+        proba, version = await self._predict((champion, features))
+        predicted = time.perf_counter()
+        reasons = (reasons_for(champion.model, features) if request.explain
+                   else [[] for _ in range(len(features))])
+        explained = time.perf_counter()
+        body = {
+            "model_version": version,
+            "scores": [
+                {"user_id": u, "score": float(s), "best_send_hour": hours.get(u, DEFAULT_SEND_HOUR),
+                 "reasons": why}
+                for u, s, why in zip(features.index, proba, reasons, strict=True)
             ],
+        }
+        # Server-Timing: where a request's time went, for operators and the benchmark.
+        timing = ", ".join(
+            f"{name};dur={(end - start) * 1000:.2f}" for name, start, end in (
+                ("inputs", started, looked_up), ("model", looked_up, loaded),
+                ("predict", loaded, predicted), ("reasons", predicted, explained),
+            )
         )
+        return Response(json.dumps(body), media_type="application/json",
+                        headers={"Server-Timing": timing})
 
     def _inline_features(self, tenant_id: str, users: list[InlineUser]) -> pd.DataFrame:
         columns = feature_columns(self._r, tenant_id)

@@ -15,8 +15,8 @@ class ServingArgs(BaseModel):
     redis_url: str
     mlflow_tracking_uri: str
     mlflow_artifact_root: str
-    scorer_replicas: int = Field(default=1, ge=1)
-    scorer_max_replicas: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=1, ge=1)
     max_models_per_replica: int = Field(default=16, ge=1)
     champion_refresh_seconds: float = Field(default=3.0, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -30,8 +30,8 @@ class ServingArgs(BaseModel):
             redis_url=redis_url,
             mlflow_tracking_uri=settings.mlflow_tracking_uri,
             mlflow_artifact_root=str(settings.mlflow_artifact_root),
-            scorer_replicas=settings.serve_replicas,
-            scorer_max_replicas=max(settings.serve_replicas, settings.serve_max_replicas or 0),
+            replicas=settings.serve_replicas,
+            max_replicas=max(settings.serve_replicas, settings.serve_max_replicas or 0),
             max_models_per_replica=settings.max_models_per_replica,
             redis_replicas_to_wait=settings.redis_replicas_to_wait,
             redis_replica_wait_ms=settings.redis_replica_wait_ms,

@@ -84,7 +84,7 @@ def run_closed_loop(name: str, base_url: str, api_key: str, user_ids: list[str],
         errors = 0
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
-            await _one(client, json.dumps({"user_ids": user_ids[:size]}).encode(), headers)
+            await _one(client, json.dumps({"user_ids": user_ids[:size], "explain": False}).encode(), headers)
             stop_at = time.perf_counter() + seconds
 
             async def loop(worker: int) -> None:
@@ -92,7 +92,8 @@ def run_closed_loop(name: str, base_url: str, api_key: str, user_ids: list[str],
                 i = worker * 7919
                 while time.perf_counter() < stop_at:
                     start = (i * size) % max(1, len(user_ids) - size)
-                    body = json.dumps({"user_ids": user_ids[start : start + size]}).encode()
+                    body = json.dumps({"user_ids": user_ids[start : start + size],
+                                       "explain": False}).encode()
                     ms, ok = await _one(client, body, headers)
                     if ok:
                         latencies.append(ms)
@@ -118,7 +119,7 @@ def run_open_loop(name: str, base_url: str, api_key: str, user_ids: list[str], s
         errors = 0
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
-            await _one(client, json.dumps({"user_ids": user_ids[:size]}).encode(), headers)
+            await _one(client, json.dumps({"user_ids": user_ids[:size], "explain": False}).encode(), headers)
             total = int(rps * seconds)
             interval = clients / rps
             started = time.perf_counter()
@@ -128,8 +129,8 @@ def run_open_loop(name: str, base_url: str, api_key: str, user_ids: list[str], s
                 for n in range(worker, total, clients):
                     due = started + (n / clients) * interval
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                    body = json.dumps({"user_ids": user_ids[n % len(user_ids) : n % len(user_ids) + size]
-                                       or user_ids[:size]}).encode()
+                    ids = user_ids[n % len(user_ids) : n % len(user_ids) + size] or user_ids[:size]
+                    body = json.dumps({"user_ids": ids, "explain": False}).encode()
                     ms, ok = await _one(client, body, headers)
                     if ok:
                         latencies.append(ms)

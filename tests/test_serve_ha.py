@@ -1,4 +1,8 @@
-"""A scorer replica killed under steady load: requests keep succeeding and the replica returns."""
+"""A scoring replica killed under steady load: requests keep succeeding and the replica returns.
+
+The ingress deployment scores in-process (tenants' models multiplexed per replica), so its
+replicas are the scorer replicas.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +28,13 @@ pytestmark = [pytest.mark.serve, pytest.mark.slow]
 def _scorer_replicas() -> list[str]:
     return sorted(
         a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == "serve" and "#Scorer#" in a["name"]
+        if a["namespace"] == "serve" and "#Api#" in a["name"]
     )
 
 
 def _running_scorers() -> int:
     deployments = serve.status().applications[APP_NAME].deployments
-    scorer = next(d for name, d in deployments.items() if name.endswith("Scorer"))
+    scorer = next(d for name, d in deployments.items() if name.endswith("Api"))
     return int(scorer.replica_states.get("RUNNING", 0))
 
 
