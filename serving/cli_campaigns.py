@@ -116,6 +116,7 @@ def run_cmd(
         start_ray(current)
         result = run_campaign(r, _run_config(redis_url, partition_size), spec, run_id)
     _echo({"run": result.run_id, "model_version": result.model_version, **result.counts,
+           "partitions": result.partitions, "nodes": result.nodes,
            "seconds": {k: round(v, 2) for k, v in result.phase_seconds.items()}})
 
 
