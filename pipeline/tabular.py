@@ -8,9 +8,10 @@ serves, because their columns are the tenant's own and differ from FEATURE_COLUM
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ __all__ = [
     "prepare_table",
     "train_table",
     "score_table",
+    "score_partitioned",
+    "score_proba",
+    "PARTITION_ROWS",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,9 @@ _MIN_PER_CLASS = 10
 # A text column whose values are nearly all distinct names a row, not a behaviour: an id,
 # an e-mail, a name. It would not generalise and must not reach MLflow's input example.
 _IDENTIFIER_DISTINCT_SHARE = 0.9
+# Rows per Ray task when batch scoring: big enough that a task's overhead (~ms) is noise,
+# small enough that a few fit the object store at once and the progress bar moves.
+PARTITION_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -393,3 +400,65 @@ def score_table(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     else:
         out["score"] = model.predict_proba(X)[:, 1]
     return out
+
+
+def _partition_bounds(n_rows: int, partition_rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + partition_rows, n_rows)) for start in range(0, n_rows, partition_rows)]
+
+
+def score_partitioned(
+    model: Any,
+    frame: pd.DataFrame,
+    score: Callable[[Any, pd.DataFrame], pd.DataFrame] = score_table,
+    *,
+    partition_rows: int = PARTITION_ROWS,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """``score(model, frame)`` fanned out over the running Ray, in row order.
+
+    The model goes into the object store once; each task scores ``partition_rows`` consecutive
+    rows and the results are concatenated in the input's order, so the output equals
+    ``score(model, frame)`` row for row. ``score`` must be a module-level function, so Ray can
+    import it in a worker. The caller starts Ray (``serving.app.start_ray``). ``progress``: a
+    tqdm bar on stderr over partitions; None shows it only on a terminal.
+    """
+    import ray
+    from tqdm import tqdm
+
+    if partition_rows < 1:
+        raise InvalidInputError("partition_rows", f"must be at least 1, got {partition_rows}")
+    if not ray.is_initialized():
+        raise RuntimeError("score_partitioned needs a running Ray; start it with serving.app.start_ray")
+    if score is score_table:
+        # Ship only the columns the model reads, not ids or the label.
+        try:
+            frame = _columns_for(model, frame)
+        except KeyError as e:
+            raise InvalidInputError("table", f"{e.args[0]}; found {list(frame.columns)}") from e
+    bounds = _partition_bounds(len(frame), partition_rows)
+    if not bounds:
+        return score(model, frame)
+    task = ray.remote(num_cpus=1, max_retries=0)(score)
+    model_ref = ray.put(model)
+    # A bounded window of tasks, so a huge frame is not copied into the object store at once.
+    window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    queued = iter(enumerate(bounds))
+    pending: dict[Any, int] = {}
+    parts: list[pd.DataFrame] = [pd.DataFrame()] * len(bounds)
+    with tqdm(total=len(bounds), unit="part", desc="scoring",
+              disable=None if progress is None else not progress) as bar:
+        while True:
+            for i, (start, stop) in itertools.islice(queued, window - len(pending)):
+                pending[task.remote(model_ref, frame.iloc[start:stop])] = i
+            if not pending:
+                break
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                parts[pending.pop(ref)] = ray.get(ref)
+                bar.update(1)
+    return pd.concat(parts)
+
+
+def score_proba(model: Any, X: pd.DataFrame) -> pd.DataFrame:
+    """``score``: the probability of class 1 per row of ``X``, on ``X``'s index."""
+    return pd.DataFrame({"score": model.predict_proba(X)[:, 1]}, index=X.index)

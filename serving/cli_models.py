@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,6 +22,8 @@ __all__ = ["app"]
 app = typer.Typer(help="Tenants' models.", no_args_is_help=True)
 
 _OUT_SUFFIXES = (".csv", ".parquet", ".pq")
+# Below this many rows one process scores faster than starting Ray (~10-15 s) would save.
+_RAY_THRESHOLD = 200_000
 
 
 def _known_tenant(tenant: str) -> None:
@@ -201,6 +204,31 @@ def _write(frame: pd.DataFrame, out: Path) -> None:
     os.replace(partial, out)
 
 
+def _score(model: Any, frame: pd.DataFrame, score: Callable[[Any, pd.DataFrame], pd.DataFrame],
+           on_ray: bool, partition_rows: int | None) -> pd.DataFrame:
+    """``score(model, frame)`` here, or fanned out over Ray (started here, stopped after)."""
+    if not on_ray:
+        return score(model, frame)
+    import ray
+
+    from pipeline.tabular import PARTITION_ROWS, score_partitioned
+    from serving.app import start_ray
+
+    started_here = not ray.is_initialized()
+    start_ray(settings())
+    try:
+        return score_partitioned(model, frame, score, partition_rows=partition_rows or PARTITION_ROWS)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _is_worth_ray(rows: int, threshold: int) -> bool:
+    """Fan out only onto a cluster: on one small machine Ray's start-up and copies cost more
+    than they save (1M rows on 2 cores: 31 s in one process, 48 s on a fresh local Ray)."""
+    return settings().ray_address is not None and rows > threshold
+
+
 @app.command("score")
 def model_score(
     tenant: Annotated[str, typer.Option(help="Tenant id.")],
@@ -211,8 +239,15 @@ def model_score(
     sep: Annotated[str | None, typer.Option(help="CSV separator of --table; sniffed when not given.")] = None,
     kind: Annotated[str | None, typer.Option(help="Model kind; default table for --table, propensity for --events.")] = None,
     keep: Annotated[list[str] | None, typer.Option(help="Column of --table copied to the output (an id); repeat for more.")] = None,
+    use_ray: Annotated[bool | None, typer.Option("--ray/--no-ray", help="Force scoring on Ray, or in this process; by default Ray above --ray-threshold rows when PUSHPILOT_RAY_ADDRESS names a cluster.")] = None,
+    ray_threshold: Annotated[int, typer.Option(min=1, help="Rows above which scoring fans out over Ray.")] = _RAY_THRESHOLD,
+    partition_rows: Annotated[int | None, typer.Option(min=1, help="Rows per Ray task; default 50,000.")] = None,
 ) -> None:
-    """Score every row of a table, or every user active before the cutoff, with the champion."""
+    """Score every row of a table, or every user active before the cutoff, with the champion.
+
+    Inputs above --ray-threshold rows are split into partitions scored as Ray tasks (the local
+    Ray, or the cluster PUSHPILOT_RAY_ADDRESS names); the output is the same row for row.
+    """
     from pipeline.errors import InvalidInputError, NoModelError
 
     if (table is None) == (events is None):
@@ -237,7 +272,10 @@ def model_score(
         missing = [c for c in keep or () if c not in frame.columns]
         if missing:
             raise InvalidInputError("keep", f"no column {missing[0]!r} in the table; found {list(frame.columns)}")
-        scores = score_table(model, frame)
+        on_ray = use_ray if use_ray is not None else _is_worth_ray(len(frame), ray_threshold)
+        started = time.perf_counter()
+        scores = _score(model, frame, score_table, on_ray, partition_rows)
+        score_seconds = time.perf_counter() - started
         scored = pd.concat([pd.DataFrame({"row": range(len(frame))}),
                             frame[list(keep or ())].reset_index(drop=True),
                             scores.reset_index(drop=True)], axis=1)
@@ -249,8 +287,14 @@ def model_score(
         features = build_features(read_events(events), cutoff_at)[list(FEATURE_COLUMNS)]
         if features.empty:
             raise InvalidInputError("cutoff", f"no user has events at or before {cutoff_at.isoformat()}")
-        p: Any = model.predict_proba(features)[:, 1]
+        from pipeline.tabular import score_proba
+
+        on_ray = use_ray if use_ray is not None else _is_worth_ray(len(features), ray_threshold)
+        started = time.perf_counter()
+        p = _score(model, features, score_proba, on_ray, partition_rows)["score"].to_numpy()
+        score_seconds = time.perf_counter() - started
         scored = pd.DataFrame({"user_id": features.index.to_numpy(), "score": p})
     _write(scored, out)
     typer.echo(json.dumps({"tenant": tenant, "kind": chosen, "version": version,
-                           "rows": len(scored), "out": str(out)}))
+                           "rows": len(scored), "out": str(out), "ray": on_ray,
+                           "score_seconds": round(score_seconds, 2)}))
