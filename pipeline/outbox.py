@@ -103,6 +103,10 @@ for i = 1, #KEYS - 5 do
     redis.call('EXPIRE', status_key, retention)
     backlog = backlog + 1
     accepted = accepted + 1
+  elseif code == 0 and lane == 'transactional' and redis.call('EXISTS', status_key) == 1 then
+    -- A retried transactional push writes this, so the WAIT after it covers the original
+    -- write too (replication is ordered) and a retry is acknowledged only once it is safe.
+    redis.call('HSET', status_key, 'seen_at', now)
   end
   results[i] = code
 end

@@ -350,3 +350,13 @@ def test_a_quarantined_user_gets_no_marketing_push_but_still_gets_transactional(
     assert inbox_push_ids(r, "a", "u1") == ["m1"]
     trail = status_trail(r, "a", "m0")
     assert trail[-1]["status"] == "suppressed" and trail[-1]["rule"] == "quarantine"
+
+
+def test_a_retried_transactional_push_writes_so_a_replica_wait_covers_the_original(r):
+    push = Push(tenant_id="a", push_id="login-1", user_id="u1", lane="transactional", body="1234")
+    enqueue(r, [push], is_transactional_fsynced=False)
+    offset = int(r.info("replication")["master_repl_offset"])
+    again = enqueue(r, [push], is_transactional_fsynced=False)
+    assert again.duplicates == ["login-1"]
+    assert int(r.info("replication")["master_repl_offset"]) > offset
+    assert [s["status"] for s in status_trail(r, "a", "login-1")] == ["queued"]
