@@ -6,13 +6,13 @@ counts the request for the traffic guard and reads whether the guard throttles t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
 import redis
 
 from pipeline import keys
+from pipeline.guard import throttled_until
 
 __all__ = ["Admission", "admit_request"]
 
@@ -36,10 +36,9 @@ def admit_request(
     pipe.hincrby(keys.traffic_counts(tenant_id, series), str(second), 1)
     pipe.hget(keys.throttles(tenant_id), series)
     count, _, _, throttle = pipe.execute()
-    if throttle:
-        until = float(json.loads(throttle)["until"])
-        if until > now:
-            return Admission(False, "guard_throttle", max(1, math.ceil(until - now)))
+    until = throttled_until(throttle)
+    if until > now:
+        return Admission(False, "guard_throttle", max(1, math.ceil(until - now)))
     if int(count) > limit_per_second:
         return Admission(False, "plan_limit", max(1, math.ceil(second + 1 - now)))
     return Admission(True, "", 0)

@@ -20,6 +20,7 @@ __all__ = [
     "flag_bots",
     "quarantine_users",
     "quarantined_users",
+    "throttled_until",
     "release_users",
     "TrafficAlert",
     "record_requests",
@@ -135,10 +136,14 @@ def _raise_alert(r: redis.Redis, tenant_id: str, series: str, second: int, rate:
     return TrafficAlert(alert_id, tenant_id, series, second, rate, baseline, reason, action)
 
 
+def throttled_until(raw_throttle: str | bytes | None) -> float:
+    """When a stored throttle ends (epoch seconds); 0 when there is none."""
+    return float(json.loads(raw_throttle)["until"]) if raw_throttle else 0.0
+
+
 def is_throttled(r: redis.Redis, tenant_id: str, series: str, now_seconds: float) -> bool:
     """Whether the guard throttles this series now (answer its requests with 429)."""
-    raw = r.hget(keys.throttles(tenant_id), series)
-    return bool(raw) and float(json.loads(raw)["until"]) > now_seconds
+    return throttled_until(r.hget(keys.throttles(tenant_id), series)) > now_seconds
 
 
 def list_alerts(r: redis.Redis, tenant_id: str, include_cleared: bool = False) -> list[dict[str, str]]:
