@@ -19,6 +19,11 @@ batch form below is exactly what a stream would produce one row at a time. Score
   (a change seen by several tests counts more) and squashed into [0, 1]. A score is only
   reported when it is the highest of the last ``refractory`` rows, so one incident is one alert
   rather than hundreds.
+* :class:`SeasonalARTime` is the default: row by row, the larger of :class:`SeasonalLikelihood`'s
+  score and :class:`~models.artime.ARTime`'s (novel shapes of the downsampled series, after
+  ARTime by Mark Hampton), again kept only where it is a new maximum. The two see different
+  anomalies: the likelihood sees spikes, steps and a broken daily rhythm as they happen, ARTime
+  a stretch of hours shaped unlike any before it (a holiday in a city's taxi demand).
 * :class:`RateBurstDetector` is the small online form the traffic guard uses per key: an EWMA
   baseline of a rate and of its deviation, with a state that fits in a Redis hash.
 """
@@ -26,17 +31,23 @@ batch form below is exactly what a stream would produce one row at a time. Score
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import ndtr
 
+from models.artime import ARTime
+
 __all__ = [
+    "DEFAULT_DETECTOR",
     "DETECTORS",
+    "Detector",
     "WindowedGaussian",
     "SeasonalLikelihood",
+    "SeasonalARTime",
     "RateBurstDetector",
     "make_detector",
     "sampling_slots_per_day",
@@ -243,22 +254,69 @@ class SeasonalLikelihood:
         """
         parts = self.surprises(timestamps, values)
         total = np.sum(list(parts.values()), axis=0)
-        squashed = total / (total + self.squash)
-        previous_best = (pd.Series(squashed).shift(1).rolling(self.refractory, min_periods=1)
-                         .max().fillna(0.0).to_numpy())
-        return np.where(squashed > previous_best, squashed, 0.0)
+        return _new_maxima(total / (total + self.squash), self.refractory)
 
 
-DETECTORS = {
+def _new_maxima(scores: NDArray[np.float64], rows: int) -> NDArray[np.float64]:
+    """Keep a score only where it beats every score of the previous ``rows`` rows (else 0)."""
+    previous_best = (pd.Series(scores).shift(1).rolling(rows, min_periods=1)
+                     .max().fillna(0.0).to_numpy())
+    return np.where(scores > previous_best, scores, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SeasonalARTime:
+    """The larger of :class:`SeasonalLikelihood`'s and :class:`~models.artime.ARTime`'s scores.
+
+    No weights: both scores are in [0, 1] and one threshold serves the pair. As in the likelihood
+    alone, a score is kept only when it beats every score of the likelihood's ``refractory``
+    previous rows, so an incident both detectors see is one alert, not two.
+
+    Parameters
+    ----------
+    likelihood : SeasonalLikelihood, default=SeasonalLikelihood()
+    shapes : ARTime, default=ARTime()
+    """
+
+    likelihood: SeasonalLikelihood = field(default_factory=SeasonalLikelihood)
+    shapes: ARTime = field(default_factory=ARTime)
+
+    def score(self, timestamps: ArrayLike, values: ArrayLike) -> NDArray[np.float64]:
+        """Anomaly score per row, in [0, 1], causal.
+
+        Parameters
+        ----------
+        timestamps : array-like of shape (n_rows,)
+        values : array-like of shape (n_rows,)
+
+        Returns
+        -------
+        ndarray of shape (n_rows,)
+        """
+        either = np.maximum(self.likelihood.score(timestamps, values),
+                            self.shapes.score(timestamps, values))
+        return _new_maxima(either, self.likelihood.refractory)
+
+
+class Detector(Protocol):
+    """Anything that scores a series causally, one score in [0, 1] per row."""
+
+    def score(self, timestamps: ArrayLike, values: ArrayLike) -> NDArray[np.float64]: ...
+
+
+DEFAULT_DETECTOR = "seasonal-artime"
+DETECTORS: dict[str, type[Detector]] = {
+    "seasonal-artime": SeasonalARTime,
     "seasonal-likelihood": SeasonalLikelihood,
+    "artime": ARTime,
     "windowed-gaussian": WindowedGaussian,
 }
 
 
-def make_detector(name: str) -> SeasonalLikelihood | WindowedGaussian:
+def make_detector(name: str) -> Detector:
     """A detector by name with its default parameters (one set for every series)."""
     try:
-        return DETECTORS[name]()  # type: ignore[abstract]
+        return DETECTORS[name]()
     except KeyError:
         raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}") from None
 

@@ -16,6 +16,9 @@ from serving.cli_common import fail
 __all__ = ["app", "read_series"]
 
 app = typer.Typer(help="Streaming anomaly detectors and their NAB evaluation.", no_args_is_help=True)
+# Spelled out rather than read from models.streaming, which this module imports only when a
+# command runs; tests/test_cli_anomaly.py checks the two agree.
+_DETECTOR_HELP = "seasonal-artime (default), seasonal-likelihood, artime or windowed-gaussian."
 
 
 def read_series(path: Path) -> pd.DataFrame:
@@ -56,7 +59,7 @@ def _detector(name: str):  # type: ignore[no-untyped-def]
 def detect(
     input_path: Annotated[Path, typer.Option("--input", help="CSV with columns timestamp,value.")],
     out: Annotated[Path, typer.Option(help="Where to write the series with anomaly_score.")],
-    detector: Annotated[str, typer.Option(help="seasonal-likelihood or windowed-gaussian.")] = "seasonal-likelihood",
+    detector: Annotated[str, typer.Option(help=_DETECTOR_HELP)] = "seasonal-artime",
 ) -> None:
     """Score every row using only the rows before it; write timestamp,value,anomaly_score."""
     model = _detector(detector)
@@ -74,7 +77,8 @@ def detect(
 def evaluate(
     data: Annotated[Path, typer.Option(help="Folder holding <category>/<file>.csv series.")],
     windows: Annotated[Path, typer.Option(help="NAB windows JSON: file -> [[start, end], ...].")],
-    detector: Annotated[str, typer.Option(help="Our detector to score next to the windowed-Gaussian baseline.")] = "seasonal-likelihood",
+    detector: Annotated[str, typer.Option(help="Our detector to score next to the windowed-Gaussian "
+                                          "baseline: " + _DETECTOR_HELP)] = "seasonal-artime",
 ) -> None:
     """NAB standard-profile score of a detector and of the windowed-Gaussian baseline, same run."""
     from models.nab import label_series, read_windows, score_corpus

@@ -6,13 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.artime import ARTime, haar_transform
 from models.streaming import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
     RateBurstDetector,
+    SeasonalARTime,
     SeasonalLikelihood,
     WindowedGaussian,
     make_detector,
     sampling_slots_per_day,
 )
+
+ALL_DETECTORS = [SeasonalARTime(), SeasonalLikelihood(), ARTime(), WindowedGaussian()]
 
 
 def _daily(n: int = 4000, seed: int = 0) -> tuple[pd.DatetimeIndex, np.ndarray]:
@@ -23,13 +29,67 @@ def _daily(n: int = 4000, seed: int = 0) -> tuple[pd.DatetimeIndex, np.ndarray]:
     return stamps, values
 
 
-@pytest.mark.parametrize("detector", [SeasonalLikelihood(), WindowedGaussian()], ids=type)
+@pytest.mark.parametrize("detector", ALL_DETECTORS, ids=type)
 def test_scores_use_only_the_past(detector) -> None:  # type: ignore[no-untyped-def]
     stamps, values = _daily()
+    values[3000:3100] = 50.0  # something to score, so the prefixes are not all zeros
+    values[3500:3510] += 100.0  # a new maximum after every prefix: scaling by the whole series' range would leak it
     full = detector.score(stamps, values)
-    prefix = detector.score(stamps[:2500], values[:2500])
-    np.testing.assert_allclose(full[:2500], prefix)
+    # 3003 ends inside one of ARTime's 7-row blocks, 760 just after its learning period.
+    for rows in (760, 2500, 3003):
+        np.testing.assert_allclose(full[:rows], detector.score(stamps[:rows], values[:rows]))
     assert ((full >= 0) & (full <= 1)).all()
+    assert full.max() > 0
+
+
+@pytest.mark.parametrize("detector", ALL_DETECTORS, ids=type)
+def test_scores_are_deterministic(detector) -> None:  # type: ignore[no-untyped-def]
+    stamps, values = _daily(seed=4)
+    first = detector.score(stamps, values)
+    np.testing.assert_array_equal(first, type(detector)().score(stamps, values))
+    np.testing.assert_array_equal(first, detector.score(stamps, values))
+
+
+def test_artime_flags_a_novel_shape_and_nothing_on_a_steady_rhythm() -> None:
+    stamps, values = _daily()
+    assert not ARTime().score(stamps, values).any()
+    values[3000:3100] = 50.0  # eight hours of flat line where the daily curve should be
+    scores = ARTime().score(stamps, values)
+    assert not scores[:750].any()  # the learning period is never scored
+    flagged = np.flatnonzero(scores)
+    assert len(flagged) and 3000 <= flagged.min() and flagged.max() < 3100 + 7 * 8
+
+
+def test_the_default_detector_alerts_once_where_either_part_is_the_most_surprised() -> None:
+    stamps, values = _daily()
+    values[2000:2004] += 25.0
+    values[3000:3100] = 50.0
+    both = SeasonalARTime().score(stamps, values)
+    parts = np.maximum(SeasonalLikelihood().score(stamps, values), ARTime().score(stamps, values))
+    kept = both > 0
+    np.testing.assert_array_equal(both[kept], parts[kept])
+    assert both.max() == parts.max()
+    for row in np.flatnonzero(kept):  # a score survives only as a new maximum of 300 rows
+        assert both[row] > parts[max(0, row - 300):row].max(initial=0.0)
+    assert kept.sum() < (parts > 0).sum()  # the flat stretch is one alert, not one per part
+    assert isinstance(make_detector(DEFAULT_DETECTOR), SeasonalARTime)
+    assert set(DETECTORS) == {"seasonal-artime", "seasonal-likelihood", "artime", "windowed-gaussian"}
+
+
+def test_haar_transform_is_orthonormal_with_the_mean_first() -> None:
+    np.testing.assert_allclose(haar_transform([1, 1, 1, 1]), [2, 0, 0, 0])
+    np.testing.assert_allclose(haar_transform([1, 0]), [2**-0.5, 2**-0.5])
+    x = np.random.default_rng(0).normal(size=8)
+    assert np.linalg.norm(haar_transform(x)) == pytest.approx(np.linalg.norm(x))
+    with pytest.raises(ValueError, match="power-of-two length, got 6"):
+        haar_transform(np.zeros(6))
+
+
+def test_artime_scores_a_short_or_flat_series_as_zero() -> None:
+    stamps = pd.date_range("2025-01-01", periods=2000, freq="5min")
+    assert not ARTime().score(stamps, np.full(2000, 7.0)).any()
+    assert not ARTime().score(stamps[:500], np.arange(500.0)).any()  # shorter than learning
+    assert len(ARTime().score(stamps[:0], np.array([]))) == 0
 
 
 def test_a_broken_daily_rhythm_scores_highest_where_it_breaks() -> None:
@@ -69,6 +129,12 @@ def test_unknown_detector_and_bad_values_are_clear_errors() -> None:
     values[5] = np.nan
     with pytest.raises(ValueError, match="row 5"):
         SeasonalLikelihood().score(stamps, values)
+    with pytest.raises(ValueError, match="row 5"):
+        SeasonalARTime().score(stamps, values)
+    with pytest.raises(ValueError, match="window must be a power of two"):
+        ARTime(window=6).score(stamps, np.zeros(300))
+    with pytest.raises(ValueError, match="one value per timestamp"):
+        ARTime().score(stamps[:10], np.zeros(300))
 
 
 def test_rate_burst_detector_flags_ten_times_the_normal_rate_but_not_noise() -> None:
