@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -59,5 +60,15 @@ def delete_tenant_user(r: redis.Redis, tenant_id: str) -> bool:
 
 
 def connect_as_tenant(url: str, credentials: TenantCredentials, **kwargs: object) -> redis.Redis:
-    """A client on ``url`` authenticated as the tenant's ACL user."""
-    return connect(url, username=credentials.username, password=credentials.password, **kwargs)
+    """A client on ``url`` authenticated as the tenant's ACL user, whoever ``url`` names."""
+    return connect(_without_user(url), username=credentials.username,
+                   password=credentials.password, **kwargs)
+
+
+def _without_user(url: str) -> str:
+    # redis-py lets a URL's user and password win over keyword arguments: an admin URL would
+    # log the tenant's worker in as the admin.
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

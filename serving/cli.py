@@ -184,30 +184,34 @@ def serve_cmd() -> None:
 def worker_cmd(
     name: Annotated[str | None, typer.Option(help="Consumer name; default host-pid.")] = None,
     drain: Annotated[bool, typer.Option(help="Deliver what is queued, then exit.")] = False,
+    refresh_seconds: Annotated[float, typer.Option(
+        min=0.1, help="How often tenants and plans are read again.")] = 5.0,
 ) -> None:
-    """Run a delivery worker for every tenant; SIGTERM drains and exits."""
+    """Deliver for every tenant, a hard-isolated one as its own ACL user; SIGTERM drains."""
     import os
     import socket
 
-    from pipeline import tenants
-    from pipeline.delivery import DeliveryWorker
+    from pipeline.redis_server import connect
+    from serving.workers import WorkerPool
 
     settings = _settings()
     consumer = name or f"{socket.gethostname()}-{os.getpid()}"
-    with _redis() as r:
-        worker = DeliveryWorker(r, lambda: tenants.list_tenants(r), consumer=consumer,  # type: ignore[arg-type]
-                                inbox_max_len=settings.inbox_max_len)
-        if drain:
-            total = 0
-            while (n := worker.deliver_once()) > 0:
-                total += n
-            typer.echo(json.dumps({"delivered": total}))
-            return
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        typer.echo(f"worker {consumer} delivering; SIGTERM or Ctrl-C drains and stops")
-        worker.run(stop)
+    with redis_url_for(settings.redis_url, settings.data_dir) as url, connect(url) as r:
+        pool = WorkerPool(r, url, consumer=consumer, refresh_seconds=refresh_seconds,
+                          inbox_max_len=settings.inbox_max_len)
+        try:
+            if drain:
+                typer.echo(json.dumps({"delivered": pool.drain()}))
+                return
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            pool.start()
+            typer.echo(f"worker {consumer} delivering, {len(pool.isolated_workers)} tenant(s) "
+                       "isolated; SIGTERM or Ctrl-C drains and stops")
+            pool.run(stop)
+        finally:
+            pool.close()
 
 
 @cli.command("down")
