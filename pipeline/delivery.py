@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 
-from pipeline import keys, ratelimit
+from pipeline import keys
 from pipeline.channels import Channel, SendResult
 from pipeline.channels.webhook import WebhookChannel
 from pipeline.ratelimit import BUCKET_LUA
@@ -44,6 +44,8 @@ GROUP = "delivery"
 _MAX_BACKOFF_MS = 3_600_000
 # Pushes per delivery script: bigger chunks are faster, smaller ones block the server less.
 _CHUNK = 200
+# Entries one read script takes from a tenant at most (Lua's unpack has a limit of about 8,000).
+_MAX_READ = 4000
 
 # Delivers a chunk of one outbox stream's inbox pushes; atomic, so atomic per push too.
 # KEYS: counts, outbox, inbox channel, then per push: status, inbox, user frequency
@@ -187,36 +189,99 @@ return 1
 
 # Reads a tenant's new entries, transactional lane first, taking one send token per entry read,
 # so the bucket is exact however many workers share it. Rate 0 means no limit.
-# KEYS: bucket, transactional outbox, marketing outbox
-# ARGV: group, consumer, batch, rate, burst
-# Returns {transactional entries, marketing entries, ms until a token if throttled with backlog}
+# An inbox push that no rule of the worker's needs to see (any transactional one; a marketing
+# one when the tenant's plan has no marketing rules) is delivered right here, in the script
+# that read it: its inbox entry, its "delivered" status and its ack are one atomic step, so it
+# is never in flight and never crosses to the worker and back. A quarantined user's marketing
+# push is suppressed here too. The other entries are returned, pending, for the worker.
+# KEYS: bucket, transactional outbox, marketing outbox, counts, inbox channel, quarantine
+# ARGV: group, consumer, batch, rate, burst, now, retention, inbox max len, is_acking ('1'/'0'),
+#       is_marketing_direct ('1'/'0'), inbox key prefix, status key prefix
+# Returns {transactional entries, marketing entries, ms until a token if throttled with backlog,
+#          pushes handled in the script}
 _READ = StatusScript(BUCKET_LUA + """
 local group, consumer = ARGV[1], ARGV[2]
 local budget, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local tokens, now = 0, 0
+local now, retention, max_len = ARGV[6], ARGV[7], ARGV[8]
+local inbox_prefix, status_prefix = ARGV[11], ARGV[12]
+local tokens, clock = 0, 0
 if rate > 0 then
-  tokens, now = bucket_refill(KEYS[1], rate, burst)
+  tokens, clock = bucket_refill(KEYS[1], rate, burst)
   budget = math.min(budget, math.floor(tokens))
   if budget < 1 then
     if redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3]) > 0 then
-      return {{}, {}, bucket_wait_ms(tokens, rate)}
+      return {{}, {}, bucket_wait_ms(tokens, rate), 0}
     end
-    return {{}, {}, 0}
+    return {{}, {}, 0, 0}
   end
 end
-local out, n = {{}, {}}, 0
+local out, n, handled = {{}, {}}, 0, 0
+local delivered, suppressed, announced = 0, 0, {}
 for i = 1, 2 do
   if n < budget then
     local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n,
                              'STREAMS', KEYS[i + 1], '>')
     if reply then
-      out[i] = reply[1][2]
-      n = n + #out[i]
+      local entries, rest, done = reply[1][2], {}, {}
+      n = n + #entries
+      local is_direct = i == 1 or ARGV[10] == '1'
+      for _, e in ipairs(entries) do
+        -- outbox.enqueue writes these fields in this order; anything else goes to the worker.
+        local f = e[2]
+        local push, user = f[2], f[4]
+        if is_direct and #f == 16 and f[1] == 'push_id' and f[3] == 'user_id' and f[6] == 'inbox'
+            and f[9] == 'title' and f[15] == 'enqueued_at' and push ~= '' and user ~= ''
+            and not string.find(push .. user, '[{}\\r\\n]') then
+          -- A first read: its record holds "queued" (seq 1) and nothing else yet, so this is
+          -- seq 2. HSET counts the fields it adds: more than 2 means the record had expired.
+          local status_key, added, acted = status_prefix .. push, 0, true
+          if i == 2 and redis.call('HEXISTS', KEYS[6], user) == 1 then
+            added = redis.call('HSET', status_key, 'n', 2, 'status', 'suppressed',
+              'trail:suppressed', '2|' .. now .. '|{"rule":"quarantine"}')
+            suppressed = suppressed + 1
+          else
+            local inbox_id = redis.pcall('XADD', inbox_prefix .. user, 'MAXLEN', '~', max_len,
+              '*', 'push_id', push, 'title', f[10], 'body', f[12], 'data', f[14],
+              'enqueued_at', f[16], 'campaign_id', f[8])
+            -- An error (say the key is not a stream) leaves it to the worker, which logs why.
+            acted = type(inbox_id) ~= 'table'
+            if acted then
+              added = redis.call('HSET', status_key, 'inbox_id', inbox_id, 'n', 2,
+                'status', 'delivered', 'trail:delivered', '2|' .. now .. '|{"inbox_id":"'
+                .. inbox_id .. '"}')
+              delivered = delivered + 1
+              if not announced[user] then
+                announced[user] = true
+                announced[#announced + 1] = user
+              end
+            end
+          end
+          if added > 2 then
+            -- Past its retention the record was gone: now it is new, and needs its TTL.
+            redis.call('HSET', status_key, 'user_id', user)
+            redis.call('EXPIRE', status_key, retention)
+          end
+          if acted then done[#done + 1] = e[1] else rest[#rest + 1] = e end
+        else
+          rest[#rest + 1] = e
+        end
+      end
+      if #done > 0 and ARGV[9] == '1' then
+        redis.call('XACK', KEYS[i + 1], group, unpack(done))
+        redis.call('XDEL', KEYS[i + 1], unpack(done))
+      end
+      handled = handled + #done
+      out[i] = rest
     end
   end
 end
-if rate > 0 and n > 0 then bucket_store(KEYS[1], tokens - n, now, rate, burst) end
-return {out[1], out[2], 0}
+if delivered > 0 then
+  redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
+  redis.call('PUBLISH', KEYS[5], table.concat(announced, '\\n'))
+end
+if suppressed > 0 then redis.call('HINCRBY', KEYS[4], 'suppressed', suppressed) end
+if rate > 0 and n > 0 then bucket_store(KEYS[1], tokens - n, clock, rate, burst) end
+return {out[1], out[2], 0, handled}
 """)
 
 _Entry = tuple[str, dict[str, str]]
@@ -291,7 +356,8 @@ class DeliveryWorker:
         """Deliver until ``stop`` is set, blocking up to ``block_ms`` whenever idle."""
         while not stop.is_set():
             try:
-                self.deliver_once(block_ms=block_ms)
+                if not self.deliver_once(block_ms=block_ms) and not self._tenant_ids():
+                    stop.wait(block_ms / 1000)  # no tenants yet: nothing to block on
             except redis.ConnectionError:
                 log.exception("lost Redis; retrying in a second")
                 stop.wait(1.0)
@@ -309,14 +375,14 @@ class DeliveryWorker:
             if not tenant_ids:
                 return 0
             try:
-                work, wait_ms = self._read(tenant_ids, block_ms)
+                work, wait_ms, handled = self._read(tenant_ids, block_ms)
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
                 # A stream was deleted under us (e.g. a tenant was purged): recreate, read again.
                 self._streams_with_group.clear()
-                work, wait_ms = self._read(tenant_ids, block_ms)
-            handled = self._deliver(work, is_waiting_for_sends=block_ms == 0)
+                work, wait_ms, handled = self._read(tenant_ids, block_ms)
+            handled += self._deliver(work, is_waiting_for_sends=block_ms == 0)
             if handled or not wait_ms or block_ms > 0:
                 return handled
             time.sleep(min(wait_ms, 1000) / 1000)
@@ -357,39 +423,52 @@ class DeliveryWorker:
         self._plans[tenant_id] = (now, plan)
         return plan
 
-    def _read(self, tenant_ids: Sequence[str], block_ms: int) -> tuple[list[_Work], int]:
-        """Claimed and new entries in delivery order, and how long a rate limit holds some back."""
+    def _read(self, tenant_ids: Sequence[str],
+              block_ms: int) -> tuple[list[_Work], int, int]:
+        """Claimed and new entries in delivery order, how long a rate limit holds some back, and
+        how many pushes the read script delivered (or suppressed) itself."""
         self._ensure_groups(tenant_ids)
         plans = {t: self.plan(t) for t in tenant_ids}
         claimed = self._claim(tenant_ids)
+        now = repr(self._clock())
         calls: list[ScriptCall] = []
         for tenant_id in tenant_ids:
             plan = plans[tenant_id]
             rate, burst = (plan.sends_per_second, plan.burst) if plan else (0, 0)
-            budget = self.batch * (plan.delivery_weight if plan else 1)
+            budget = min(self.batch * (plan.delivery_weight if plan else 1), _MAX_READ)
+            is_marketing_direct = plan is None or not plan.has_marketing_rules
             calls.append((_READ, [keys.rate_bucket(tenant_id),
-                                  *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES)],
-                          [GROUP, self.consumer, budget, rate, burst]))
+                                  *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES),
+                                  keys.status_counts(tenant_id), keys.inbox_channel(tenant_id),
+                                  keys.quarantine(tenant_id)],
+                          [GROUP, self.consumer, budget, rate, burst, now,
+                           self.retention_seconds, self.inbox_max_len,
+                           "1" if self._is_acking else "0", "1" if is_marketing_direct else "0",
+                           keys.inbox_stream_prefix(tenant_id),
+                           keys.push_status_prefix(tenant_id)]))
         fresh: dict[tuple[str, str], list[_Entry]] = {}
         waits: dict[str, int] = {}
+        handled = 0
         for tenant_id, result in zip(tenant_ids, run_scripts(self.r, calls), strict=True):
             if isinstance(result, Exception):
                 raise result
-            transactional, marketing, wait_ms = result
+            transactional, marketing, wait_ms, done = result
+            handled += int(done)
             fresh[tenant_id, "transactional"] = [_entry(e) for e in transactional]
             fresh[tenant_id, "marketing"] = [_entry(e) for e in marketing]
             if wait_ms:
                 waits[tenant_id] = int(wait_ms)
-        has_work = any(claimed.values()) or any(fresh.values())
-        if block_ms > 0 and not has_work:
-            fresh.update(self._block(tenant_ids, plans, waits, block_ms))
+        has_work = handled or any(claimed.values()) or any(fresh.values())
+        if block_ms > 0 and not has_work and self._wait_for_entries(tenant_ids, waits, block_ms):
+            # What arrived goes through the read scripts like the rest (and pays its tokens).
+            return self._read(tenant_ids, 0)
         work = [
             (tenant_id, lane, keys.outbox_stream(tenant_id, lane), entry)
             for lane in keys.LANES
             for tenant_id in tenant_ids
             for entry in (*claimed.get((tenant_id, lane), ()), *fresh.get((tenant_id, lane), ()))
         ]
-        return work, min(waits.values(), default=0)
+        return work, min(waits.values(), default=0), handled
 
     def _claim(self, tenant_ids: Sequence[str]) -> dict[tuple[str, str], list[_Entry]]:
         """Entries other consumers left pending too long; scanned at most every half idle time."""
@@ -411,28 +490,36 @@ class DeliveryWorker:
                 claimed[tenant_id, lane] = list(entries)
         return claimed
 
-    def _block(
-        self, tenant_ids: Sequence[str], plans: Mapping[str, Plan | None],
-        waits: Mapping[str, int], block_ms: int,
-    ) -> dict[tuple[str, str], list[_Entry]]:
-        """Wait for new entries of tenants not held back by their rate limit."""
+    def _wait_for_entries(self, tenant_ids: Sequence[str], waits: Mapping[str, int],
+                          block_ms: int) -> bool:
+        """Block until a tenant not held back by its rate limit has entries no consumer read yet
+        (or ``block_ms`` passed), without reading them: True if some may be there now.
+
+        It waits with a plain ``XREAD`` after each group's last-delivered id, so the entries are
+        still the group's to read, by the read script that delivers them where they are.
+        """
         block_ms = min(block_ms, *waits.values()) if waits else block_ms
-        open_tenants = [t for t in tenant_ids if t not in waits]
-        if not open_tenants:
+        streams = [keys.outbox_stream(t, lane) for t in tenant_ids if t not in waits
+                   for lane in keys.LANES]
+        if not streams:
             time.sleep(block_ms / 1000)
-            return {}
-        streams = {keys.outbox_stream(t, lane): (t, lane) for t in open_tenants
-                   for lane in keys.LANES}
-        reply = self.r.xreadgroup(GROUP, self.consumer, dict.fromkeys(streams, ">"),
-                                  count=self.batch, block=max(1, block_ms))
-        fresh = {streams[stream]: entries for stream, entries in _by_stream(reply).items()}
-        # These bypassed the bucket's read script: charge them, into debt if need be.
-        for (tenant_id, _), entries in fresh.items():
-            plan = plans[tenant_id]
-            if plan and entries:
-                ratelimit.take(self.r, tenant_id, len(entries), rate=plan.sends_per_second,
-                               burst=plan.burst, is_debt_allowed=True)
-        return fresh
+            return False
+        pipe = self.r.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        after: dict[str, str] = {}
+        for stream, groups in zip(streams, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(groups, Exception):  # the stream is gone: the next pass recreates it
+                self._streams_with_group.discard(stream)
+                continue
+            last = next((g["last-delivered-id"] for g in groups if g["name"] == GROUP), None)
+            if last is None:
+                self._streams_with_group.discard(stream)
+            else:
+                after[stream] = last
+        if not after:
+            return True
+        return bool(self.r.xread(after, count=1, block=max(1, block_ms)))
 
     # --- delivering ---------------------------------------------------------------------------
 
@@ -669,11 +756,3 @@ def _entry(raw: Any) -> _Entry:
     entry_id, flat = raw
     return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
 
-
-def _by_stream(reply: Any) -> dict[str, list[_Entry]]:
-    """XREADGROUP's reply as {stream: entries}, whether it came as RESP2 or RESP3."""
-    if not reply:
-        return {}
-    if isinstance(reply, dict):  # RESP3: {stream: [entries]}
-        return {stream: list(value[0]) if value else [] for stream, value in reply.items()}
-    return {stream: list(entries) for stream, entries in reply}

@@ -21,11 +21,12 @@ __all__ = [
     "tenant_api_keys",
     "tenant_secret",
     "outbox_stream",
-    "push_ids",
     "push_status",
+    "push_status_prefix",
     "status_counts",
     "dead_letter_stream",
     "inbox_stream",
+    "inbox_stream_prefix",
     "inbox_channel",
     "inbox_cursor",
     "rate_bucket",
@@ -115,13 +116,13 @@ def outbox_stream(tenant_id: str, lane: str) -> str:
     return f"{_tenant(tenant_id)}:outbox:{lane}"
 
 
-def push_ids(tenant_id: str) -> str:
-    """Set of push ids ever enqueued: the idempotency guard."""
-    return f"{_tenant(tenant_id)}:pushids"
-
-
 def push_status(tenant_id: str, push_id: str) -> str:
-    return f"{_tenant(tenant_id)}:push:{_part('push_id', push_id)}"
+    return f"{push_status_prefix(tenant_id)}{_part('push_id', push_id)}"
+
+
+def push_status_prefix(tenant_id: str) -> str:
+    """``push_status(tenant_id, p)`` is this plus ``p``: for a script that names many of them."""
+    return f"{_tenant(tenant_id)}:push:"
 
 
 def status_counts(tenant_id: str) -> str:
@@ -134,7 +135,12 @@ def dead_letter_stream(tenant_id: str) -> str:
 
 
 def inbox_stream(tenant_id: str, user_id: str) -> str:
-    return f"{_tenant(tenant_id)}:inbox:{_part('user_id', user_id)}"
+    return f"{inbox_stream_prefix(tenant_id)}{_part('user_id', user_id)}"
+
+
+def inbox_stream_prefix(tenant_id: str) -> str:
+    """``inbox_stream(tenant_id, u)`` is this plus ``u``: for a script that names many of them."""
+    return f"{_tenant(tenant_id)}:inbox:"
 
 
 def inbox_channel(tenant_id: str) -> str:
@@ -143,7 +149,7 @@ def inbox_channel(tenant_id: str) -> str:
 
 
 def user_features(tenant_id: str) -> str:
-    """Hash: user id -> JSON feature vector at the latest cutoff."""
+    """Hash: user id -> feature vector at the latest cutoff (packed float64; see featurestore)."""
     return f"{_tenant(tenant_id)}:features"
 
 

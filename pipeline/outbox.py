@@ -1,8 +1,10 @@
 """The outbox: pushes accepted for delivery, one Redis stream per tenant and lane.
 
-A push id is its idempotency key: enqueueing an id that was ever enqueued changes nothing and is
-reported as a duplicate. Pushes are accepted by a Lua script per chunk of one tenant and lane, so
-each push's id guard, outbox entry and "queued" status record are written together or not at all.
+A push id is its idempotency key: enqueueing an id whose status record still exists (for the
+retention period, 7 days by default, counted from its enqueue) changes nothing and is reported as a
+duplicate. Pushes are accepted by a Lua script per chunk of one tenant and lane, so each push's
+outbox entry and "queued" status record, the record doubling as its id guard, are written
+together or not at all.
 Durability per lane (see docs/delivery.md): the server's AOF fsyncs every second; a call that
 accepts transactional pushes also waits for the fsync (``WAITAOF``) before it returns.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,47 +73,47 @@ def make_push_id(*parts: str) -> str:
 
 
 # Accepts a chunk of pushes of one tenant and lane. A push over the backlog cap is refused (2),
-# one already enqueued is a duplicate (0), any other is accepted (1).
-# KEYS: push ids, outbox, counts, transactional outbox, marketing outbox, then per push: status
+# one already enqueued (its status record exists) is a duplicate (0), any other is accepted (1).
+# KEYS: outbox, counts, transactional outbox, marketing outbox, then per push: status
 # ARGV: now, retention, backlog cap (-1: none), lane, then per push the 8 _FIELDS values
 _ENQUEUE = StatusScript("""
 local now, retention, cap, lane = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local queued = '1|' .. now .. '|'
 local backlog = 0
 if cap >= 0 then
   -- Marketing counts the whole backlog; transactional only its own lane, so a marketing
   -- flood never locks out a login code.
-  backlog = redis.call('XLEN', KEYS[4])
-  if lane == 'marketing' then backlog = backlog + redis.call('XLEN', KEYS[5]) end
+  backlog = redis.call('XLEN', KEYS[3])
+  if lane == 'marketing' then backlog = backlog + redis.call('XLEN', KEYS[4]) end
 end
 local results, accepted = {}, 0
-for i = 1, #KEYS - 5 do
-  local status_key, a = KEYS[5 + i], 4 + 8 * (i - 1)
-  local push_id = ARGV[a + 1]
+for i = 1, #KEYS - 4 do
+  local status_key, a = KEYS[4 + i], 4 + 8 * (i - 1)
   local code = 1
-  if cap >= 0 and backlog >= cap then
-    code = redis.call('SISMEMBER', KEYS[1], push_id) == 1 and 0 or 2
-  elseif redis.call('SADD', KEYS[1], push_id) == 0 then
+  -- The status record is the idempotency guard: an id is a duplicate while its record lives.
+  if redis.call('EXISTS', status_key) == 1 then
     code = 0
+  elseif cap >= 0 and backlog >= cap then
+    code = 2
   end
   if code == 1 then
-    local id = redis.call('XADD', KEYS[2], '*', 'push_id', push_id, 'user_id', ARGV[a + 2],
+    redis.call('XADD', KEYS[1], '*', 'push_id', ARGV[a + 1], 'user_id', ARGV[a + 2],
       'channel', ARGV[a + 3], 'campaign_id', ARGV[a + 4], 'title', ARGV[a + 5],
       'body', ARGV[a + 6], 'data', ARGV[a + 7], 'enqueued_at', ARGV[a + 8])
-    -- mark() inlined: a push id new to the guard has no status record, so "queued" is first.
-    redis.call('HSET', status_key, 'user_id', ARGV[a + 2], 'lane', lane,
-      'channel', ARGV[a + 3], 'campaign_id', ARGV[a + 4], 'outbox_id', id,
-      'n', 1, 'status', 'queued', 'trail:queued', '1|' .. now .. '|')
+    -- mark() inlined: a new push has no status record, so "queued" is first.
+    redis.call('HSET', status_key, 'user_id', ARGV[a + 2], 'n', 1, 'status', 'queued',
+      'trail:queued', queued)
     redis.call('EXPIRE', status_key, retention)
     backlog = backlog + 1
     accepted = accepted + 1
-  elseif code == 0 and lane == 'transactional' and redis.call('EXISTS', status_key) == 1 then
+  elseif code == 0 and lane == 'transactional' then
     -- A retried transactional push writes this, so the WAIT after it covers the original
     -- write too (replication is ordered) and a retry is acknowledged only once it is safe.
     redis.call('HSET', status_key, 'seen_at', now)
   end
   results[i] = code
 end
-if accepted > 0 then redis.call('HINCRBY', KEYS[3], 'queued', accepted) end
+if accepted > 0 then redis.call('HINCRBY', KEYS[2], 'queued', accepted) end
 return results
 """)
 
@@ -140,7 +143,8 @@ def enqueue(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    checked = [_validated(p) for p in pushes]
+    valid_tenants: set[str] = set()
+    checked = [_validated(p, valid_tenants) for p in pushes]
     now = time.time()
     caps = _backlog_caps(r, {p.tenant_id for p in checked})
     # Chunks of one tenant and lane, each remembering where its pushes stand in the input.
@@ -220,7 +224,6 @@ def _enqueue_call(
     cap: int,
 ) -> ScriptCall:
     script_keys = [
-        keys.push_ids(tenant_id),
         keys.outbox_stream(tenant_id, lane),
         keys.status_counts(tenant_id),
         keys.outbox_stream(tenant_id, "transactional"),
@@ -230,19 +233,27 @@ def _enqueue_call(
     for push in pushes:
         script_keys.append(keys.push_status(tenant_id, push.push_id))
         args += [push.push_id, push.user_id, push.channel, push.campaign_id, push.title,
-                 push.body, json.dumps(dict(push.data), separators=(",", ":")),
+                 push.body, json.dumps(dict(push.data), separators=(",", ":")) if push.data
+                 else "{}",
                  repr(push.enqueued_at or now)]
     return _ENQUEUE, script_keys, args
 
 
-def _validated(push: Push) -> Push:
-    try:
-        keys.validate_tenant_id(push.tenant_id)
-    except ValueError as e:
-        raise InvalidInputError("tenant_id", str(e)) from None
+_FORBIDDEN_IN_IDS = re.compile(r"[{}\n\r]")
+# json.dumps writes a character as at most 12 ("\ud83d\ude00"); the object adds its own 40.
+_JSON_WORST_CASE = 12
+
+
+def _validated(push: Push, valid_tenants: set[str]) -> Push:
+    if push.tenant_id not in valid_tenants:
+        try:
+            keys.validate_tenant_id(push.tenant_id)
+        except ValueError as e:
+            raise InvalidInputError("tenant_id", str(e)) from None
+        valid_tenants.add(push.tenant_id)
     for name in ("push_id", "user_id"):
         value = getattr(push, name)
-        if not isinstance(value, str) or not value or any(c in value for c in "{}\n\r"):
+        if not isinstance(value, str) or not value or _FORBIDDEN_IN_IDS.search(value):
             raise InvalidInputError(
                 name, f"must be a non-empty string without braces or newlines, got {value!r}"
             )
@@ -255,14 +266,16 @@ def _validated(push: Push) -> Push:
             raise InvalidInputError(name, f"must be a string, got {getattr(push, name)!r}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in push.data.items()):
         raise InvalidInputError("data", "keys and values must be strings")
-    payload = json.dumps({"title": push.title, "body": push.body, "data": dict(push.data)})
-    size = len(payload.encode())
-    if size > MAX_PAYLOAD_BYTES:
-        raise InvalidInputError(
-            "body",
-            f"title, body and data take {size} bytes as JSON, more than {MAX_PAYLOAD_BYTES}; "
-            "send a shorter text or a link to the content",
-        )
+    chars = len(push.title) + len(push.body) + sum(len(k) + len(v) + 6 for k, v in push.data.items())
+    if 40 + _JSON_WORST_CASE * chars > MAX_PAYLOAD_BYTES:  # only then is the exact size needed
+        payload = json.dumps({"title": push.title, "body": push.body, "data": dict(push.data)})
+        size = len(payload.encode())
+        if size > MAX_PAYLOAD_BYTES:
+            raise InvalidInputError(
+                "body",
+                f"title, body and data take {size} bytes as JSON, more than "
+                f"{MAX_PAYLOAD_BYTES}; send a shorter text or a link to the content",
+            )
     if push.enqueued_at < 0:
         raise InvalidInputError("enqueued_at", f"must be epoch seconds, got {push.enqueued_at!r}")
     return push

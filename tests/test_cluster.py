@@ -86,7 +86,7 @@ def test_tenants_enqueue_and_deliver_on_a_three_primary_cluster(cluster: list[in
     assert len(owners) > 1, "the tenants should spread over several primaries"
     for tenant_id in tenant_ids:
         # Every key of a tenant hashes to one slot: that is what lets its scripts run here.
-        names = [keys.outbox_stream(tenant_id, "transactional"), keys.push_ids(tenant_id),
+        names = [keys.outbox_stream(tenant_id, "transactional"), keys.status_counts(tenant_id),
                  keys.push_status(tenant_id, "p"), keys.inbox_stream(tenant_id, "u"),
                  keys.rate_bucket(tenant_id), keys.tenant_meta(tenant_id)]
         assert len({rc.keyslot(n) for n in names}) == 1
