@@ -27,6 +27,7 @@ from pipeline import keys, tenants
 from pipeline.outbox import Push, enqueue
 from pipeline.redis_server import EmbeddedRedis, connect
 from pipeline.tenants import Plan
+from serving.loop import new_event_loop
 
 __all__ = ["run_delivery_bench"]
 
@@ -38,21 +39,27 @@ def _user(j: int, n_tenants: int) -> tuple[str, str]:
 
 
 def _enqueuer(url: str, pushes: int, n_tenants: int, users: int, rate: float, lane: str,
-              started: Any) -> None:
-    """Offer the pushes at ``rate``: every 5 ms, what is due by then (in one enqueue call, so
-    a late tick catches up); unpaced, batches of 1000 as fast as it goes."""
+              started: Any, producer: int = 0, producers: int = 1) -> None:
+    """Offer pushes ``producer``, ``producer + producers``, ... at ``rate / producers`` per
+    second: every 5 ms, what is due by then (in one enqueue call, so a late tick catches up);
+    unpaced, batches of 1000 as fast as it goes."""
     r = connect(url)
-    begin = time.time()
-    started.value = begin
+    mine = range(producer, pushes, producers)
+    rate = rate / producers
+    with started.get_lock():
+        begin = time.time()
+        if not started.value:
+            started.value = begin
+        begin = started.value
     sent = 0
-    while sent < pushes:
+    while sent < len(mine):
         now = time.time()
-        due = min(pushes, int((now - begin) * rate) + 1) if rate > 0 else sent + 1000
+        due = min(len(mine), int((now - begin) * rate) + 1) if rate > 0 else sent + 1000
         if due <= sent:
             time.sleep(0.005)
             continue
         batch = []
-        for i in range(sent, min(pushes, due, sent + 1000)):
+        for i in mine[sent : min(len(mine), due, sent + 1000)]:
             tenant_id, user_id = _user(i % users, n_tenants)
             batch.append(Push(tenant_id=tenant_id, push_id=f"b{i}", user_id=user_id, lane=lane,
                               title="bench", body="x" * 64, enqueued_at=now))
@@ -94,19 +101,19 @@ async def _clients(url: str, tokens: list[str], expected: list[int], done: Any,
 
 def run_delivery_bench(
     redis_url: str | None, *, pushes: int, n_tenants: int, clients: int, rate: float,
-    workers: int = 1, lane: str = "marketing", timeout_seconds: float = 120,
+    workers: int = 1, lane: str = "marketing", timeout_seconds: float = 120, producers: int = 1,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pushpilot-bench-") as tmp:
         if redis_url:
             return _run(redis_url, Path(tmp), pushes, n_tenants, clients, rate, workers, lane,
-                        timeout_seconds)
+                        timeout_seconds, producers)
         with EmbeddedRedis(Path(tmp)) as server:
             return _run(server.url, Path(tmp), pushes, n_tenants, clients, rate, workers, lane,
-                        timeout_seconds)
+                        timeout_seconds, producers)
 
 
 def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: float,
-         workers: int, lane: str, timeout_seconds: float) -> dict[str, Any]:
+         workers: int, lane: str, timeout_seconds: float, producers: int) -> dict[str, Any]:
     r = connect(url)
     info = r.info("server")
     result: dict[str, Any] = {
@@ -132,7 +139,7 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
     expected = [len(range(j, pushes, users)) for j in range(clients)]
     try:
         connected = ctx.Event()
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         received_task = None
         if gateway is not None:
             tokens = []
@@ -146,9 +153,13 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
                 loop.run_until_complete(asyncio.sleep(0.05))
         load_before = [round(x, 2) for x in os.getloadavg()]
         server_cpu_before = _server_cpu_seconds(r)
-        producer = ctx.Process(target=_enqueuer,
-                               args=(url, pushes, n_tenants, users, rate, lane, started))
-        producer.start()
+        producer_procs = [
+            ctx.Process(target=_enqueuer, args=(url, pushes, n_tenants, users, rate, lane,
+                                                started, k, producers))
+            for k in range(producers)
+        ]
+        for proc in producer_procs:
+            proc.start()
 
         def delivered() -> int:
             pipe = r.pipeline(transaction=False)
@@ -161,14 +172,15 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
             deadline = time.monotonic() + timeout_seconds
             enqueue_done = None
             while await asyncio.to_thread(delivered) < pushes and time.monotonic() < deadline:
-                if enqueue_done is None and not producer.is_alive():
+                if enqueue_done is None and not any(p.is_alive() for p in producer_procs):
                     enqueue_done = time.time()
                     result["enqueue_seconds"] = round(enqueue_done - started.value, 3)
                 await asyncio.sleep(0.02)
             return time.time()
 
         finished = loop.run_until_complete(watch())
-        producer.join(timeout=timeout_seconds)
+        for proc in producer_procs:
+            proc.join(timeout=timeout_seconds)
         result.setdefault("enqueue_seconds", round(time.time() - started.value, 3))
         seconds = finished - started.value
         received = loop.run_until_complete(received_task) if received_task else None
@@ -197,6 +209,7 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
     result.update({
         "offered_rate_per_s": rate or "unpaced (as fast as the enqueuer goes)",
         "pushes": pushes, "tenants": n_tenants, "clients": clients, "workers": workers,
+        "producers": producers,
         "lane": lane, "seconds": round(seconds, 3),
         "throughput_per_s": round(n_delivered / seconds) if seconds > 0 else 0,
         "enqueue_per_s": round(pushes / result["enqueue_seconds"]),

@@ -249,6 +249,9 @@ def bench_delivery(
     clients: Annotated[int, typer.Option(min=0, help="WebSocket devices (one user each); 0: none, inbox only.")] = 200,
     rate: Annotated[float, typer.Option(min=0, help="Offered pushes/s; 0: as fast as the enqueuer goes.")] = 2000,
     workers: Annotated[int, typer.Option(min=1, help="`pushpilot worker` processes.")] = 1,
+    producers: Annotated[int, typer.Option(
+        min=1, help="Enqueuing processes sharing the offered rate (as many API replicas or "
+        "campaign partitions would).")] = 1,
     lane: Annotated[str, typer.Option(help="transactional (fsynced enqueue) or marketing.")] = "marketing",
 ) -> None:
     """Enqueue-to-inbox throughput and end-to-end latency to WebSocket devices, lost and doubled."""
@@ -262,10 +265,12 @@ def bench_delivery(
     typer.echo(f"machine: {report['machine']['processor']}, {report['machine']['cpus_usable']} "
                f"usable cpus, load average {_load()} (shared machine)")
     result = run_delivery_bench(settings().redis_url, pushes=pushes, n_tenants=tenants,
-                                clients=clients, rate=rate, workers=workers, lane=lane)
+                                clients=clients, rate=rate, workers=workers, lane=lane,
+                                producers=producers)
     report.update(result)
     typer.echo(f"offered       {result['offered_rate_per_s']} pushes/s, {pushes} pushes, "
-               f"{tenants} tenants, {clients} clients, {workers} worker(s), {lane}")
+               f"{tenants} tenants, {clients} clients, {workers} worker(s), {producers} "
+               f"producer(s), {lane}")
     typer.echo(f"throughput    {result['throughput_per_s']} pushes/s enqueue-to-inbox "
                f"({result['seconds']} s); enqueue alone {result['enqueue_per_s']} pushes/s")
     typer.echo(f"inbox         latency {result['inbox_latency_ms']}  lost "

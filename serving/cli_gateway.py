@@ -10,6 +10,7 @@ import typer
 
 from pipeline.redis_server import redis_url_for
 from serving.cli_common import settings
+from serving.loop import run_event_loop
 
 __all__ = ["app"]
 
@@ -40,4 +41,4 @@ def gateway(
             finally:
                 await gateway.stop()
 
-        asyncio.run(main())
+        run_event_loop(main())
