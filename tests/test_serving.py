@@ -17,8 +17,10 @@ import websockets
 from pipeline import guard, keys, tenants
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
+from pipeline.featurestore import load_features, load_send_hours
 from pipeline.generator import generate_tenant
 from pipeline.redis_server import EmbeddedRedis, connect
+from serving.api import DEFAULT_SEND_HOUR
 from serving.client import InboxClient
 from serving.demo import prepare_tenant
 
@@ -256,6 +258,31 @@ def test_scores_own_users(world: World) -> None:
     assert [s["user_id"] for s in scores] == world.users_a[:50]
     assert all(0.0 <= s["score"] <= 1.0 for s in scores)
     assert len({round(s["score"], 6) for s in scores}) > 1
+
+
+def test_scores_by_id_are_the_champions_predictions_on_the_stored_features(
+    world: World, redis_server: EmbeddedRedis, registry: Any
+) -> None:
+    users = world.users_a[:300]
+    r = connect(redis_server.url)
+    stored = load_features(r, world.tenant_a, users)
+    hours = load_send_hours(r, world.tenant_a, users)
+    r.close()
+    model, version = registry.load_champion(world.tenant_a, "propensity")
+
+    response = _post(world, "/v1/score", world.key_a, {"user_ids": users, "explain": False})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == version
+    assert [s["user_id"] for s in body["scores"]] == users
+    # Exactly the model's own answer on the stored rows: packed floats lose nothing.
+    assert [s["score"] for s in body["scores"]] == model.predict_proba(stored)[:, 1].tolist()
+    assert [s["best_send_hour"] for s in body["scores"]] == [hours.get(u, DEFAULT_SEND_HOUR) for u in users]
+    assert all(s["reasons"] == [] for s in body["scores"])
+    assert "predict;dur=" in response.headers["server-timing"]
+    unknown = _post(world, "/v1/score", world.key_a, {"user_ids": [users[0], "nobody-1"]})
+    assert unknown.status_code == 404 and "nobody-1" in unknown.json()["detail"]
 
 
 def test_scores_come_with_send_hour_and_reasons(world: World) -> None:
