@@ -219,12 +219,20 @@ local out, n, handled = {{}, {}}, 0, 0
 local delivered, suppressed, announced = 0, 0, {}
 for i = 1, 2 do
   if n < budget then
-    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n,
-                             'STREAMS', KEYS[i + 1], '>')
+    local is_direct = i == 1 or ARGV[10] == '1'
+    -- Entries this script delivers are never pending, so it reads them without the pending
+    -- list's bookkeeping (NOACK) and puts only the ones it leaves to the worker there.
+    local reply
+    if is_direct then
+      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n, 'NOACK',
+                         'STREAMS', KEYS[i + 1], '>')
+    else
+      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n,
+                         'STREAMS', KEYS[i + 1], '>')
+    end
     if reply then
       local entries, rest, done = reply[1][2], {}, {}
       n = n + #entries
-      local is_direct = i == 1 or ARGV[10] == '1'
       for _, e in ipairs(entries) do
         -- outbox.enqueue writes these fields in this order; anything else goes to the worker.
         local f = e[2]
@@ -266,9 +274,19 @@ for i = 1, 2 do
           rest[#rest + 1] = e
         end
       end
-      if #done > 0 and ARGV[9] == '1' then
-        redis.call('XACK', KEYS[i + 1], group, unpack(done))
-        redis.call('XDEL', KEYS[i + 1], unpack(done))
+      if is_direct then
+        local pending = {KEYS[i + 1], group, consumer, 0}
+        for _, e in ipairs(rest) do pending[#pending + 1] = e[1] end
+        if ARGV[9] ~= '1' then  -- fault injection: as if it died before acking
+          for _, id in ipairs(done) do pending[#pending + 1] = id end
+        elseif #done > 0 then
+          redis.call('XDEL', KEYS[i + 1], unpack(done))
+        end
+        if #pending > 4 then
+          pending[#pending + 1] = 'FORCE'
+          pending[#pending + 1] = 'JUSTID'
+          redis.call('XCLAIM', unpack(pending))
+        end
       end
       handled = handled + #done
       out[i] = rest
