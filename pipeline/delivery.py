@@ -46,6 +46,8 @@ _MAX_BACKOFF_MS = 3_600_000
 _CHUNK = 200
 # Entries one read script takes from a tenant at most (Lua's unpack has a limit of about 8,000).
 _MAX_READ = 4000
+# How long a pass that found only a few pushes waits before the next (see run).
+_LINGER_SECONDS = 0.002
 
 # Delivers a chunk of one outbox stream's inbox pushes; atomic, so atomic per push too.
 # KEYS: counts, outbox, inbox channel, then per push: status, inbox, user frequency
@@ -374,8 +376,12 @@ class DeliveryWorker:
         """Deliver until ``stop`` is set, blocking up to ``block_ms`` whenever idle."""
         while not stop.is_set():
             try:
-                if not self.deliver_once(block_ms=block_ms) and not self._tenant_ids():
+                handled = self.deliver_once(block_ms=block_ms)
+                if not handled and not self._tenant_ids():
                     stop.wait(block_ms / 1000)  # no tenants yet: nothing to block on
+                elif 0 < handled < self.batch // 20:
+                    # A trickle: let a little more arrive rather than spin a pass per push.
+                    time.sleep(_LINGER_SECONDS)
             except redis.ConnectionError:
                 log.exception("lost Redis; retrying in a second")
                 stop.wait(1.0)
