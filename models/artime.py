@@ -238,7 +238,7 @@ class _Run:
             self.moving_average = mean
         self.moving_average = (self.moving_average + mean) / 2
         value = bottom if abs(top - self.moving_average) < abs(bottom - self.moving_average) else top
-        if abs(value - mean) < _SPIKE_FRACTION * mean:
+        if abs(value - mean) < _SPIKE_FRACTION * abs(mean):
             value = mean
         scaled = (value - low) / (high - low) if high > low else 0.0
         self.levels.append(self._levelled(scaled))

@@ -66,6 +66,10 @@ def _series(timestamps: ArrayLike, values: ArrayLike) -> tuple[pd.DatetimeIndex,
     return index, x
 
 
+# Rows whose sampling interval sets a series' time-of-day slot (SeasonalLikelihood).
+_SLOT_ROWS = 48
+
+
 def sampling_slots_per_day(timestamps: pd.DatetimeIndex) -> int:
     """Rows per day at the series' typical sampling interval (1 when it samples daily or slower)."""
     if len(timestamps) < 2:
@@ -226,10 +230,14 @@ class SeasonalLikelihood:
         """
         self._check()
         index, x = _series(timestamps, values)
-        slots = sampling_slots_per_day(index)
+        # The time-of-day slot comes from the first rows' sampling only, and the seasonal
+        # residual waits for them: a later change of sampling must not reach back.
+        slots = sampling_slots_per_day(index[:_SLOT_ROWS])
+        seasonal = x - _seasonal_baseline(index, x, slots, self.seasonal_alpha)
+        seasonal[:_SLOT_ROWS] = np.nan
         residuals = {
             "persistence": np.r_[0.0, np.diff(x)] if len(x) else x,
-            "seasonal": np.nan_to_num(x - _seasonal_baseline(index, x, slots, self.seasonal_alpha)),
+            "seasonal": np.nan_to_num(seasonal),
         }
         out, zs = {}, {}
         for name, residual in residuals.items():

@@ -43,6 +43,20 @@ def test_scores_use_only_the_past(detector) -> None:  # type: ignore[no-untyped-
 
 
 @pytest.mark.parametrize("detector", ALL_DETECTORS, ids=type)
+def test_a_later_change_of_sampling_does_not_reach_back(detector) -> None:  # type: ignore[no-untyped-def]
+    # 5-minute rows for 12 days, then 10-minute rows: a slot size taken from the whole series'
+    # median step would change the earlier scores.
+    first = pd.date_range("2025-01-01", periods=3456, freq="5min")
+    later = pd.date_range(first[-1] + pd.Timedelta("10min"), periods=4000, freq="10min")
+    stamps = first.append(later)
+    hours = np.asarray(stamps.hour + stamps.minute / 60)
+    values = 50 + 30 * np.sin(2 * np.pi * hours / 24) + np.random.default_rng(1).normal(0, 1, len(stamps))
+    values[3000:3050] = 50.0
+    full = detector.score(stamps, values)
+    np.testing.assert_allclose(full[:3400], detector.score(stamps[:3400], values[:3400]))
+
+
+@pytest.mark.parametrize("detector", ALL_DETECTORS, ids=type)
 def test_scores_are_deterministic(detector) -> None:  # type: ignore[no-untyped-def]
     stamps, values = _daily(seed=4)
     first = detector.score(stamps, values)
