@@ -193,14 +193,17 @@ return 1
 # so the bucket is exact however many workers share it. Rate 0 means no limit.
 # An inbox push that no rule of the worker's needs to see (any transactional one; a marketing
 # one when the tenant's plan has no marketing rules) is delivered right here, in the script
-# that read it: its inbox entry, its "delivered" status and its ack are one atomic step, so it
-# is never in flight and never crosses to the worker and back. A quarantined user's marketing
-# push is suppressed here too. The other entries are returned, pending, for the worker.
+# that read it: its inbox entry, its "delivered" status and its removal from the outbox are one
+# atomic step, so it is never in flight and never crosses to the worker and back. A
+# quarantined user's marketing push is suppressed here too. The other entries are returned,
+# pending, for the worker. Scripts are not rolled back on an error, so every step that could
+# fail on a damaged key is a pcall whose entry then goes to the worker (which logs why), and
+# each lane's bookkeeping is finished before the next lane is read.
 # KEYS: bucket, transactional outbox, marketing outbox, counts, inbox channel, quarantine
 # ARGV: group, consumer, batch, rate, burst, now, retention, inbox max len, is_acking ('1'/'0'),
 #       is_marketing_direct ('1'/'0'), inbox key prefix, status key prefix
 # Returns {transactional entries, marketing entries, ms until a token if throttled with backlog,
-#          pushes handled in the script}
+#          pushes handled in the script, errors met (newline-separated, '' if none)}
 _READ = StatusScript(BUCKET_LUA + """
 local group, consumer = ARGV[1], ARGV[2]
 local budget, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -212,13 +215,15 @@ if rate > 0 then
   budget = math.min(budget, math.floor(tokens))
   if budget < 1 then
     if redis.call('XLEN', KEYS[2]) + redis.call('XLEN', KEYS[3]) > 0 then
-      return {{}, {}, bucket_wait_ms(tokens, rate), 0}
+      return {{}, {}, bucket_wait_ms(tokens, rate), 0, ''}
     end
-    return {{}, {}, 0, 0}
+    return {{}, {}, 0, 0, ''}
   end
 end
-local out, n, handled = {{}, {}}, 0, 0
-local delivered, suppressed, announced = 0, 0, {}
+local function failed(reply)
+  return type(reply) == 'table' and reply.err
+end
+local out, n, handled, errors = {{}, {}}, 0, 0, {}
 for i = 1, 2 do
   if n < budget then
     local is_direct = i == 1 or ARGV[10] == '1'
@@ -226,55 +231,69 @@ for i = 1, 2 do
     -- list's bookkeeping (NOACK) and puts only the ones it leaves to the worker there.
     local reply
     if is_direct then
-      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n, 'NOACK',
-                         'STREAMS', KEYS[i + 1], '>')
+      reply = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n, 'NOACK',
+                          'STREAMS', KEYS[i + 1], '>')
     else
-      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n,
-                         'STREAMS', KEYS[i + 1], '>')
+      reply = redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget - n,
+                          'STREAMS', KEYS[i + 1], '>')
     end
-    if reply then
+    if failed(reply) then  -- NOGROUP after the stream was deleted: the worker recreates it
+      errors[#errors + 1] = reply.err
+    elseif reply then
       local entries, rest, done = reply[1][2], {}, {}
+      local delivered, suppressed, announced = 0, 0, {}
       n = n + #entries
       for _, e in ipairs(entries) do
         -- outbox.enqueue writes these fields in this order; anything else goes to the worker.
         local f = e[2]
         local push, user = f[2], f[4]
+        local is_done = false
         if is_direct and #f == 16 and f[1] == 'push_id' and f[3] == 'user_id' and f[6] == 'inbox'
             and f[9] == 'title' and f[15] == 'enqueued_at' and push ~= '' and user ~= ''
-            and not string.find(push .. user, '[{}\\r\\n]') then
-          -- A first read: its record holds "queued" (seq 1) and nothing else yet, so this is
-          -- seq 2. HSET counts the fields it adds: more than 2 means the record had expired.
-          local status_key, added, acted = status_prefix .. push, 0, true
-          if i == 2 and redis.call('HEXISTS', KEYS[6], user) == 1 then
-            added = redis.call('HSET', status_key, 'n', 2, 'status', 'suppressed',
-              'trail:suppressed', '2|' .. now .. '|{"rule":"quarantine"}')
-            suppressed = suppressed + 1
+            and not string.find(push, '[{}\\r\\n]') and not string.find(user, '[{}\\r\\n]') then
+          local status_key = status_prefix .. push
+          local record = redis.pcall('HMGET', status_key, 'n', 'inbox_id', 'trail:suppressed')
+          if failed(record) then
+            errors[#errors + 1] = record.err
+          elseif record[2] or record[3] then
+            is_done = true  -- delivered or suppressed before (an id enqueued again): drop it
           else
-            local inbox_id = redis.pcall('XADD', inbox_prefix .. user, 'MAXLEN', '~', max_len,
-              '*', 'push_id', push, 'title', f[10], 'body', f[12], 'data', f[14],
-              'enqueued_at', f[16], 'campaign_id', f[8])
-            -- An error (say the key is not a stream) leaves it to the worker, which logs why.
-            acted = type(inbox_id) ~= 'table'
-            if acted then
-              added = redis.call('HSET', status_key, 'inbox_id', inbox_id, 'n', 2,
-                'status', 'delivered', 'trail:delivered', '2|' .. now .. '|{"inbox_id":"'
-                .. inbox_id .. '"}')
-              delivered = delivered + 1
-              if not announced[user] then
-                announced[user] = true
-                announced[#announced + 1] = user
+            local seq = (tonumber(record[1]) or 0) + 1
+            local quarantined = i == 2 and redis.pcall('HEXISTS', KEYS[6], user)
+            if failed(quarantined) then
+              errors[#errors + 1] = quarantined.err
+            elseif quarantined == 1 then
+              redis.pcall('HSET', status_key, 'n', seq, 'status', 'suppressed',
+                'trail:suppressed', seq .. '|' .. now .. '|{"rule":"quarantine"}')
+              suppressed = suppressed + 1
+              is_done = true
+            else
+              local inbox_id = redis.pcall('XADD', inbox_prefix .. user, 'MAXLEN', '~', max_len,
+                '*', 'push_id', push, 'title', f[10], 'body', f[12], 'data', f[14],
+                'enqueued_at', f[16], 'campaign_id', f[8])
+              if failed(inbox_id) then  -- say the key is not a stream
+                errors[#errors + 1] = inbox_id.err
+              else
+                local marked = redis.pcall('HSET', status_key, 'inbox_id', inbox_id, 'n', seq,
+                  'status', 'delivered', 'trail:delivered',
+                  seq .. '|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}')
+                if failed(marked) then errors[#errors + 1] = marked.err end
+                delivered = delivered + 1
+                is_done = true
+                if not announced[user] then
+                  announced[user] = true
+                  announced[#announced + 1] = user
+                end
               end
             end
+            if is_done and not record[1] then
+              -- Past its retention the record was gone: now it is new, and needs its TTL.
+              redis.pcall('HSET', status_key, 'user_id', user)
+              redis.pcall('EXPIRE', status_key, retention)
+            end
           end
-          if added > 2 then
-            -- Past its retention the record was gone: now it is new, and needs its TTL.
-            redis.call('HSET', status_key, 'user_id', user)
-            redis.call('EXPIRE', status_key, retention)
-          end
-          if acted then done[#done + 1] = e[1] else rest[#rest + 1] = e end
-        else
-          rest[#rest + 1] = e
         end
+        if is_done then done[#done + 1] = e[1] else rest[#rest + 1] = e end
       end
       if is_direct then
         local pending = {KEYS[i + 1], group, consumer, 0}
@@ -290,18 +309,19 @@ for i = 1, 2 do
           redis.call('XCLAIM', unpack(pending))
         end
       end
+      if delivered > 0 then
+        redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
+        -- One message per lane, user ids separated by newlines (which no user id holds).
+        redis.call('PUBLISH', KEYS[5], table.concat(announced, '\\n'))
+      end
+      if suppressed > 0 then redis.call('HINCRBY', KEYS[4], 'suppressed', suppressed) end
       handled = handled + #done
       out[i] = rest
     end
   end
 end
-if delivered > 0 then
-  redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
-  redis.call('PUBLISH', KEYS[5], table.concat(announced, '\\n'))
-end
-if suppressed > 0 then redis.call('HINCRBY', KEYS[4], 'suppressed', suppressed) end
 if rate > 0 and n > 0 then bucket_store(KEYS[1], tokens - n, clock, rate, burst) end
-return {out[1], out[2], 0, handled}
+return {out[1], out[2], 0, handled, table.concat(errors, '\\n')}
 """)
 
 _Entry = tuple[str, dict[str, str]]
@@ -456,32 +476,45 @@ class DeliveryWorker:
         claimed = self._claim(tenant_ids)
         now = repr(self._clock())
         calls: list[ScriptCall] = []
+        owners: list[str] = []
         for tenant_id in tenant_ids:
             plan = plans[tenant_id]
             rate, burst = (plan.sends_per_second, plan.burst) if plan else (0, 0)
             budget = min(self.batch * (plan.delivery_weight if plan else 1), _MAX_READ)
             is_marketing_direct = plan is None or not plan.has_marketing_rules
-            calls.append((_READ, [keys.rate_bucket(tenant_id),
-                                  *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES),
-                                  keys.status_counts(tenant_id), keys.inbox_channel(tenant_id),
-                                  keys.quarantine(tenant_id)],
-                          [GROUP, self.consumer, budget, rate, burst, now,
-                           self.retention_seconds, self.inbox_max_len,
-                           "1" if self._is_acking else "0", "1" if is_marketing_direct else "0",
-                           keys.inbox_stream_prefix(tenant_id),
-                           keys.push_status_prefix(tenant_id)]))
+            script_keys = [keys.rate_bucket(tenant_id),
+                           *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES),
+                           keys.status_counts(tenant_id), keys.inbox_channel(tenant_id),
+                           keys.quarantine(tenant_id)]
+            # A weighty tenant's share comes in scripts of at most _CHUNK entries each, so no
+            # one script holds the server for long (the noisy neighbour's latency).
+            for start in range(0, budget, _CHUNK):
+                calls.append((_READ, script_keys,
+                              [GROUP, self.consumer, min(_CHUNK, budget - start), rate, burst,
+                               now, self.retention_seconds, self.inbox_max_len,
+                               "1" if self._is_acking else "0",
+                               "1" if is_marketing_direct else "0",
+                               keys.inbox_stream_prefix(tenant_id),
+                               keys.push_status_prefix(tenant_id)]))
+                owners.append(tenant_id)
         fresh: dict[tuple[str, str], list[_Entry]] = {}
         waits: dict[str, int] = {}
         handled = 0
-        for tenant_id, result in zip(tenant_ids, run_scripts(self.r, calls), strict=True):
+        for tenant_id, result in zip(owners, run_scripts(self.r, calls), strict=True):
             if isinstance(result, Exception):
                 raise result
-            transactional, marketing, wait_ms, done = result
+            transactional, marketing, wait_ms, done, errors = result
             handled += int(done)
-            fresh[tenant_id, "transactional"] = [_entry(e) for e in transactional]
-            fresh[tenant_id, "marketing"] = [_entry(e) for e in marketing]
+            fresh.setdefault((tenant_id, "transactional"), []).extend(
+                _entry(e) for e in transactional)
+            fresh.setdefault((tenant_id, "marketing"), []).extend(_entry(e) for e in marketing)
             if wait_ms:
                 waits[tenant_id] = int(wait_ms)
+            if errors and "NOGROUP" in errors:
+                self._streams_with_group.clear()  # a stream was deleted: recreate its group
+                log.warning("tenant %s: an outbox group was missing; recreating it", tenant_id)
+            elif errors:
+                log.error("delivering in tenant %s: %s", tenant_id, errors.replace("\n", "; "))
         has_work = handled or any(claimed.values()) or any(fresh.values())
         if block_ms > 0 and not has_work and self._wait_for_entries(tenant_ids, waits, block_ms):
             # What arrived goes through the read scripts like the rest (and pays its tokens).
@@ -532,17 +565,22 @@ class DeliveryWorker:
         for stream in streams:
             pipe.xinfo_groups(stream)
         after: dict[str, str] = {}
+        is_group_missing = False
         for stream, groups in zip(streams, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(groups, Exception):  # the stream is gone: the next pass recreates it
-                self._streams_with_group.discard(stream)
+            if isinstance(groups, Exception) and "no such key" not in str(groups).lower():
+                log.warning("cannot wait on %s: %s", stream, groups)
                 continue
-            last = next((g["last-delivered-id"] for g in groups if g["name"] == GROUP), None)
-            if last is None:
+            last = None if isinstance(groups, Exception) else next(
+                (g["last-delivered-id"] for g in groups if g["name"] == GROUP), None)
+            if last is None:  # the stream or its group is gone: the next pass recreates it
                 self._streams_with_group.discard(stream)
+                is_group_missing = True
             else:
                 after[stream] = last
         if not after:
-            return True
+            if not is_group_missing:
+                time.sleep(block_ms / 1000)
+            return is_group_missing
         return bool(self.r.xread(after, count=1, block=max(1, block_ms)))
 
     # --- delivering ---------------------------------------------------------------------------

@@ -257,6 +257,38 @@ def test_one_undeliverable_push_does_not_hold_back_the_others(r):
     assert status_trail(r, "a", "p3")[-1]["status"] == "queued"
 
 
+def test_an_entry_read_again_for_a_delivered_push_is_dropped_not_delivered_twice(r):
+    # As after a group recreated at 0 or an id enqueued again while its first entry waited:
+    # a second outbox entry for a push whose record says it was delivered.
+    enqueue(r, pushes("a", 2))
+    stream = keys.outbox_stream("a", "marketing")
+    entry = r.xrange(stream, count=1)[0][1]
+    assert drain(DeliveryWorker(r, ["a"], consumer="w1")) == 2
+    r.xadd(stream, entry)
+
+    assert drain(DeliveryWorker(r, ["a"], consumer="w1")) == 1
+
+    assert inbox_push_ids(r, "a", "u0") == ["p0", "p1"]
+    assert r.xlen(stream) == 0 and pending(r, "a") == 0
+    assert [t["status"] for t in status_trail(r, "a", "p0")] == ["queued", "delivered"]
+
+
+def test_a_damaged_status_record_strands_nothing_and_holds_back_no_other_push(r):
+    enqueue(r, pushes("a", 6, users=3))
+    r.delete(keys.push_status("a", "p4"))
+    r.set(keys.push_status("a", "p4"), "not a hash")  # a key some bug clobbered
+
+    assert DeliveryWorker(r, ["a"], consumer="w1").deliver_once() == 5
+
+    assert inbox_push_ids(r, "a", "u1") == ["p1"]  # p4, the same user's, is not delivered
+    assert pending(r, "a") == 1  # but it is not lost: pending, for a claim after the fix
+    r.delete(keys.push_status("a", "p4"))
+    worker = DeliveryWorker(r, ["a"], consumer="w2", claim_idle_ms=0)
+    assert drain(worker) == 1
+    assert inbox_push_ids(r, "a", "u1") == ["p1", "p4"]
+    assert r.xlen(keys.outbox_stream("a", "marketing")) == 0
+
+
 def test_inbox_is_bounded_by_inbox_max_len(r):
     enqueue(r, pushes("a", 1000), batch_size=1000)
 
