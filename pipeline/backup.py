@@ -148,11 +148,9 @@ def _tenant_keys(r: redis.Redis, tenant_id: str) -> Iterator[str]:
 
 
 def _dump_order(key: str) -> tuple[int, str]:
-    # A write landing mid-backup is then at worst a push both in the guard and the outbox, or
-    # in the outbox after delivery (its status holds the inbox id, so a worker only acks it);
-    # never a push the guard remembers but no outbox holds.
-    if key.endswith(":pushids"):
-        return 0, key
+    # Status records (each push's id guard) before the outboxes: a write landing mid-backup
+    # can leave a push in the outbox with an older record, never a push the guard remembers
+    # but no outbox holds.
     return (2 if ":outbox:" in key else 1), key
 
 

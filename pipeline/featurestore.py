@@ -148,13 +148,14 @@ def _parse_hours(raw: Sequence[str | bytes | None]) -> list[int | None]:
 def _unpack(tenant_id: str, raw: Sequence[bytes | None], n_columns: int) -> np.ndarray:
     width = _DTYPE.itemsize * n_columns
     missing_row = np.full(n_columns, np.nan, dtype=_DTYPE).tobytes()
-    joined = b"".join([v if v is not None else missing_row for v in raw])
-    if len(joined) != width * len(raw):
-        bad = next(len(v) for v in raw if v is not None and len(v) != width)
+    rows = [v if v is not None else missing_row for v in raw]
+    # Each row, not only the total: two wrong rows could make up the right total.
+    bad = next((len(v) for v in rows if len(v) != width), None)
+    if bad is not None:
         raise ValueError(
             f"tenant {tenant_id!r} has a stored feature row of {bad} bytes, expected {width} "
             f"({n_columns} float64 features); store its features again (store_features)")
-    return np.frombuffer(joined, dtype=_DTYPE).reshape(len(raw), n_columns)
+    return np.frombuffer(b"".join(rows), dtype=_DTYPE).reshape(len(raw), n_columns)
 
 
 def _parse_json_rows(raw: Sequence[bytes | None], n_columns: int) -> np.ndarray:

@@ -1,10 +1,10 @@
 """The outbox: pushes accepted for delivery, one Redis stream per tenant and lane.
 
 A push id is its idempotency key: enqueueing an id whose status record still exists (for the
-retention period, 7 days by default, counted from its enqueue) changes nothing and is reported as a
-duplicate. Pushes are accepted by a Lua script per chunk of one tenant and lane, so each push's
-outbox entry and "queued" status record, the record doubling as its id guard, are written
-together or not at all.
+retention period, 7 days by default, from its enqueue or a later status) changes nothing and is
+reported as a duplicate. Pushes are accepted by a Lua script per chunk of one tenant and lane, so
+each push's outbox entry and "queued" status record, the record doubling as its id guard, are
+written together or not at all.
 Durability per lane (see docs/delivery.md): the server's AOF fsyncs every second; a call that
 accepts transactional pushes also waits for the fsync (``WAITAOF``) before it returns.
 """

@@ -1,13 +1,13 @@
 """Push status records: each push's trail of statuses, and per-tenant counters.
 
 A push's record is one hash, ``keys.push_status(tenant, push)``, that expires after a retention
-period. Besides a few attributes (``user_id``, ``lane``, ``inbox_id``, ``tries``...) it holds one
+period. Besides a few attributes (``user_id``, ``inbox_id``, ``tries``...) it holds one
 field per status reached, ``trail:<status>`` = ``<seq>|<at>|<json of extra fields>``; ``n`` counts
 them, so the trail reads back in the order it was written. Marking a status is idempotent: the
 first mark of (push, status) records it and bumps ``keys.status_counts(tenant)``, later ones do
 nothing. The enqueue and delivery scripts write the record in the same Lua call as the outbox or
-inbox entry it describes (the delivery script inlines ``mark`` on its hot path), so a status never
-disagrees with the streams.
+inbox entry it describes (the delivery scripts inline ``mark`` on their hot path), so a status never
+disagrees with the streams. The record is also the push id's idempotency guard (see outbox).
 """
 
 from __future__ import annotations

@@ -256,5 +256,14 @@ def _hard_isolated(r: redis.Redis, tenant_ids: Sequence[str]) -> set[str]:
     pipe = r.pipeline(transaction=False)
     for tenant_id in tenant_ids:
         pipe.hget(keys.tenant_meta(tenant_id), "plan")
-    return {t for t, raw in zip(tenant_ids, pipe.execute(), strict=True)
-            if raw and json.loads(raw).get("is_hard_isolated")}
+    isolated = set()
+    for tenant_id, raw in zip(tenant_ids, pipe.execute(), strict=True):
+        try:
+            if raw and json.loads(raw).get("is_hard_isolated"):
+                isolated.add(tenant_id)
+        except (ValueError, AttributeError):
+            # Fail closed: a plan nobody can read might ask for isolation, so the shared
+            # worker stays away (the tenant's own worker logs why it cannot deliver).
+            log.error("tenant %s has an unreadable plan; treating it as hard-isolated", tenant_id)
+            isolated.add(tenant_id)
+    return isolated
