@@ -44,10 +44,40 @@ GROUP = "delivery"
 _MAX_BACKOFF_MS = 3_600_000
 # Pushes per delivery script: bigger chunks are faster, smaller ones block the server less.
 _CHUNK = 200
-# Entries one read script takes from a tenant at most (Lua's unpack has a limit of about 8,000).
+# Entries a pass takes from a tenant at most, whatever its plan's delivery_weight.
 _MAX_READ = 4000
 # How long a pass that found only a few pushes waits before the next (see run).
 _LINGER_SECONDS = 0.002
+
+# Shared by both inbox scripts. ``call`` is redis.call or redis.pcall.
+_INBOX_LUA = """
+-- A push's inbox entry: its fields in one place (the gateway sends them on as they are).
+local function append_inbox(call, key, max_len, push, title, body, data, enqueued_at, campaign)
+  return call('XADD', key, 'MAXLEN', '~', max_len, '*', 'push_id', push, 'title', title,
+    'body', body, 'data', data, 'enqueued_at', enqueued_at, 'campaign_id', campaign)
+end
+-- The gateway reads the user's whole inbox on an announcement, so once per user is enough.
+local function announce(announced, user)
+  if not announced[user] then
+    announced[user] = true
+    announced[#announced + 1] = user
+  end
+end
+-- Retention counts from enqueue, which set the TTL; a record that had expired is new now.
+local function renew(call, status_key, user, retention)
+  call('HSET', status_key, 'user_id', user)
+  call('EXPIRE', status_key, retention)
+end
+-- The tenant's counts, and one message for the gateway: user ids separated by newlines
+-- (which no user id holds).
+local function finish(counts_key, channel_key, delivered, suppressed, announced)
+  if delivered > 0 then
+    redis.call('HINCRBY', counts_key, 'delivered', delivered)
+    redis.call('PUBLISH', channel_key, table.concat(announced, '\\n'))
+  end
+  if suppressed > 0 then redis.call('HINCRBY', counts_key, 'suppressed', suppressed) end
+end
+"""
 
 # Delivers a chunk of one outbox stream's inbox pushes; atomic, so atomic per push too.
 # KEYS: counts, outbox, inbox channel, then per push: status, inbox, user frequency
@@ -56,7 +86,7 @@ _LINGER_SECONDS = 0.002
 #       'q' quiet hours now;
 #       'c|<day field>|<week field>|<cap per day>|<cap per week>' frequency caps)
 # Returns how many entries it handled.
-_DELIVER_INBOX = StatusScript("""
+_DELIVER_INBOX = StatusScript(_INBOX_LUA + """
 local now, retention, max_len = ARGV[1], ARGV[2], ARGV[3]
 local entry_ids, announced, delivered, suppressed = {}, {}, 0, 0
 for i = 0, (#KEYS - 3) / 3 - 1 do
@@ -99,33 +129,19 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
         'trail:suppressed', n .. '|' .. now .. '|{"rule":"' .. rule .. '"}')
       suppressed = suppressed + 1
     else
-      local inbox_id = redis.call('XADD', inbox_key, 'MAXLEN', '~', max_len, '*',
-        'push_id', ARGV[a + 3], 'title', ARGV[a + 4], 'body', ARGV[a + 5], 'data', ARGV[a + 6],
-        'enqueued_at', ARGV[a + 7], 'campaign_id', ARGV[a + 8])
+      local inbox_id = append_inbox(redis.call, inbox_key, max_len, ARGV[a + 3], ARGV[a + 4],
+        ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
       local trail = n .. '|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}'
       redis.call('HSET', status_key, 'inbox_id', inbox_id, 'n', n,
         'status', 'delivered', 'trail:delivered', trail)
       delivered = delivered + 1
-      -- The gateway reads the user's whole inbox on an announcement, so once per user is enough.
-      if not announced[user] then
-        announced[user] = true
-        announced[#announced + 1] = user
-      end
+      announce(announced, user)
     end
-    -- Retention counts from enqueue, which set the TTL; a record that had expired is new now.
-    if not record[2] then
-      redis.call('HSET', status_key, 'user_id', user)
-      redis.call('EXPIRE', status_key, retention)
-    end
+    if not record[2] then renew(redis.call, status_key, user, retention) end
   end
   entry_ids[#entry_ids + 1] = ARGV[a + 1]
 end
-if delivered > 0 then
-  redis.call('HINCRBY', KEYS[1], 'delivered', delivered)
-  -- One message per chunk, user ids separated by newlines (which no user id holds).
-  redis.call('PUBLISH', KEYS[3], table.concat(announced, '\\n'))
-end
-if suppressed > 0 then redis.call('HINCRBY', KEYS[1], 'suppressed', suppressed) end
+finish(KEYS[1], KEYS[3], delivered, suppressed, announced)
 if ARGV[4] == '1' then
   redis.call('XACK', KEYS[2], 'delivery', unpack(entry_ids))
   redis.call('XDEL', KEYS[2], unpack(entry_ids))
@@ -204,7 +220,7 @@ return 1
 #       is_marketing_direct ('1'/'0'), inbox key prefix, status key prefix
 # Returns {transactional entries, marketing entries, ms until a token if throttled with backlog,
 #          pushes handled in the script, errors met (newline-separated, '' if none)}
-_READ = StatusScript(BUCKET_LUA + """
+_READ = StatusScript(BUCKET_LUA + _INBOX_LUA + """
 local group, consumer = ARGV[1], ARGV[2]
 local budget, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local now, retention, max_len = ARGV[6], ARGV[7], ARGV[8]
@@ -268,9 +284,8 @@ for i = 1, 2 do
               suppressed = suppressed + 1
               is_done = true
             else
-              local inbox_id = redis.pcall('XADD', inbox_prefix .. user, 'MAXLEN', '~', max_len,
-                '*', 'push_id', push, 'title', f[10], 'body', f[12], 'data', f[14],
-                'enqueued_at', f[16], 'campaign_id', f[8])
+              local inbox_id = append_inbox(redis.pcall, inbox_prefix .. user, max_len, push,
+                f[10], f[12], f[14], f[16], f[8])
               if failed(inbox_id) then  -- say the key is not a stream
                 errors[#errors + 1] = inbox_id.err
               else
@@ -280,17 +295,10 @@ for i = 1, 2 do
                 if failed(marked) then errors[#errors + 1] = marked.err end
                 delivered = delivered + 1
                 is_done = true
-                if not announced[user] then
-                  announced[user] = true
-                  announced[#announced + 1] = user
-                end
+                announce(announced, user)
               end
             end
-            if is_done and not record[1] then
-              -- Past its retention the record was gone: now it is new, and needs its TTL.
-              redis.pcall('HSET', status_key, 'user_id', user)
-              redis.pcall('EXPIRE', status_key, retention)
-            end
+            if is_done and not record[1] then renew(redis.pcall, status_key, user, retention) end
           end
         end
         if is_done then done[#done + 1] = e[1] else rest[#rest + 1] = e end
@@ -309,12 +317,7 @@ for i = 1, 2 do
           redis.call('XCLAIM', unpack(pending))
         end
       end
-      if delivered > 0 then
-        redis.call('HINCRBY', KEYS[4], 'delivered', delivered)
-        -- One message per lane, user ids separated by newlines (which no user id holds).
-        redis.call('PUBLISH', KEYS[5], table.concat(announced, '\\n'))
-      end
-      if suppressed > 0 then redis.call('HINCRBY', KEYS[4], 'suppressed', suppressed) end
+      finish(KEYS[4], KEYS[5], delivered, suppressed, announced)
       handled = handled + #done
       out[i] = rest
     end
@@ -389,6 +392,7 @@ class DeliveryWorker:
         self._claim_cursors: dict[str, str] = {}
         self._last_claim_at = 0.0
         self._zones: dict[str, ZoneInfo] = {}
+        self._has_tenants = False  # as the last pass found
         # Fault injection for tests: a worker that delivers and then dies before acking.
         self._is_acking = True
 
@@ -397,7 +401,7 @@ class DeliveryWorker:
         while not stop.is_set():
             try:
                 handled = self.deliver_once(block_ms=block_ms)
-                if not handled and not self._tenant_ids():
+                if not handled and not self._has_tenants:
                     stop.wait(block_ms / 1000)  # no tenants yet: nothing to block on
                 elif 0 < handled < self.batch // 20:
                     # A trickle: let a little more arrive rather than spin a pass per push.
@@ -416,6 +420,7 @@ class DeliveryWorker:
         """
         while True:
             tenant_ids = self._tenant_ids()
+            self._has_tenants = bool(tenant_ids)
             if not tenant_ids:
                 return 0
             try:

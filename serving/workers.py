@@ -209,9 +209,6 @@ class WorkerPool:
             tenant_ids = self._shared_ids
             self._shared_ids_taken = self._shared_ids_version
             self._handover.notify_all()
-        if not tenant_ids and self._is_started:
-            # DeliveryWorker.run would spin on no tenants; idle as a blocking read would.
-            self._shared.stop_event.wait(self.block_ms / 1000)
         return tenant_ids
 
     def _ensure_running(self) -> None:
