@@ -249,11 +249,10 @@ class ModelRegistry:
         found = self._client.search_registered_models(filter_string=f"name LIKE '{prefix}%'")
         return sorted(m.name[len(prefix):] for m in found if m.name.startswith(prefix))
 
-    def describe_version(self, tenant_id: str, kind: str, version: int) -> dict[str, Any]:
-        """One version's metrics, parameters, tags and promotion decision; LookupError if absent."""
-        name = registered_name(tenant_id, kind)
+    def _model_version(self, tenant_id: str, kind: str, version: int) -> Any:
+        """The registry's record of one version; LookupError if it does not exist."""
         try:
-            mv = self._client.get_model_version(name, str(version))
+            return self._client.get_model_version(registered_name(tenant_id, kind), str(version))
         except MlflowException as e:
             if not _is_error(e, RESOURCE_DOES_NOT_EXIST):
                 raise
@@ -261,6 +260,11 @@ class ModelRegistry:
                 f"tenant {tenant_id!r} has no {kind!r} model version {version}; "
                 "see list_versions for the registered ones"
             ) from e
+
+    def describe_version(self, tenant_id: str, kind: str, version: int) -> dict[str, Any]:
+        """One version's metrics, parameters, tags and promotion decision; LookupError if absent."""
+        name = registered_name(tenant_id, kind)
+        mv = self._model_version(tenant_id, kind, version)
         run = self._client.get_run(mv.run_id) if mv.run_id else None
         return {
             "tenant": tenant_id,
@@ -278,15 +282,7 @@ class ModelRegistry:
     def promote(self, tenant_id: str, kind: str, version: int) -> None:
         """Make ``version`` the champion, whatever its metrics; LookupError if it does not exist."""
         name = registered_name(tenant_id, kind)
-        try:
-            self._client.get_model_version(name, str(version))
-        except MlflowException as e:
-            if not _is_error(e, RESOURCE_DOES_NOT_EXIST):
-                raise
-            raise LookupError(
-                f"tenant {tenant_id!r} has no {kind!r} model version {version}; "
-                "see list_versions for the registered ones"
-            ) from e
+        self._model_version(tenant_id, kind, version)
         self._client.set_model_version_tag(name, str(version), "promotion", "promoted: by hand")
         self._client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
 
