@@ -29,11 +29,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 
-from pipeline import keys
+from pipeline import keys, receipts
 from pipeline.channels import Channel, SendResult
 from pipeline.channels.webhook import WebhookChannel
+from pipeline.outbox import entry_message
 from pipeline.ratelimit import BUCKET_LUA
-from pipeline.receipts import DEFAULT_RETENTION_SECONDS, ScriptCall, StatusScript, run_scripts
+from pipeline.receipts import (
+    DEFAULT_RETENTION_SECONDS,
+    ScriptCall,
+    StatusScript,
+    run_scripts,
+)
 from pipeline.tenants import Plan
 
 __all__ = ["GROUP", "DeliveryWorker"]
@@ -51,10 +57,17 @@ _LINGER_SECONDS = 0.002
 
 # Shared by both inbox scripts. ``call`` is redis.call or redis.pcall.
 _INBOX_LUA = """
--- A push's inbox entry: its fields in one place (the gateway sends them on as they are).
-local function append_inbox(call, key, max_len, push, title, body, data, enqueued_at, campaign)
-  return call('XADD', key, 'MAXLEN', '~', max_len, '*', 'push_id', push, 'title', title,
-    'body', body, 'data', data, 'enqueued_at', enqueued_at, 'campaign_id', campaign)
+-- A push's inbox entry: its id and its message, which the gateway sends on as it is.
+local function append_inbox(call, key, max_len, push, message)
+  return call('XADD', key, 'MAXLEN', '~', max_len, '*', 'push_id', push, 'm', message)
+end
+-- Whether an earlier attempt ended the push already: delivered, or suppressed by a rule.
+local function is_final(record)
+  if not record or (string.sub(record, 1, 7) == 'queued|'
+                    and not string.find(record, '\\n', 1, true)) then
+    return false  -- the usual case, a lone "queued", told without building strings
+  end
+  return has_status(record, 'delivered') or has_status(record, 'suppressed')
 end
 -- The gateway reads the user's whole inbox on an announcement, so once per user is enough.
 local function announce(announced, user)
@@ -63,10 +76,11 @@ local function announce(announced, user)
     announced[#announced + 1] = user
   end
 end
+-- mark() inlined for the hot path, the record read already and the status new: one APPEND.
 -- Retention counts from enqueue, which set the TTL; a record that had expired is new now.
-local function renew(call, status_key, user, retention)
-  call('HSET', status_key, 'user_id', user)
-  call('EXPIRE', status_key, retention)
+local function append_status(call, status_key, record, line, retention)
+  if record then return call('APPEND', status_key, '\\n' .. line) end
+  return call('SET', status_key, line, 'EX', retention)
 end
 -- The tenant's counts, and one message for the gateway: user ids separated by newlines
 -- (which no user id holds).
@@ -82,7 +96,7 @@ end
 # Delivers a chunk of one outbox stream's inbox pushes; atomic, so atomic per push too.
 # KEYS: counts, outbox, inbox channel, then per push: status, inbox, user frequency
 # ARGV: now, retention, inbox max len, is_acking ('1'/'0'), then per push: entry id, user, push,
-#       title, body, data, enqueued_at, campaign, policy ('' none; 'x' quarantined by the guard;
+#       message, policy ('' none; 'x' quarantined by the guard;
 #       'q' quiet hours now;
 #       'c|<day field>|<week field>|<cap per day>|<cap per week>' frequency caps)
 # Returns how many entries it handled.
@@ -91,12 +105,11 @@ local now, retention, max_len = ARGV[1], ARGV[2], ARGV[3]
 local entry_ids, announced, delivered, suppressed = {}, {}, 0, 0
 for i = 0, (#KEYS - 3) / 3 - 1 do
   local status_key, inbox_key, freq_key = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-  local a = 4 + 9 * i
-  local user, policy = ARGV[a + 2], ARGV[a + 9]
-  local record = redis.call('HMGET', status_key, 'inbox_id', 'n', 'trail:suppressed')
-  -- An inbox id means an earlier attempt delivered it and died before acking: ack only.
-  -- The same for a push an earlier attempt suppressed.
-  if not record[1] and not record[3] then
+  local a = 4 + 5 * i
+  local user, policy = ARGV[a + 2], ARGV[a + 5]
+  local record = load_record(status_key)
+  -- An earlier attempt that delivered or suppressed it died before acking: ack only.
+  if not is_final(record) then
     local rule = false
     if policy == 'x' then
       rule = 'quarantine'
@@ -122,22 +135,17 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
         redis.call('EXPIRE', freq_key, 8 * 86400)
       end
     end
-    -- mark() inlined: this is the hot path, and neither status can be in the trail yet.
-    local n = (tonumber(record[2]) or 0) + 1
     if rule then
-      redis.call('HSET', status_key, 'n', n, 'status', 'suppressed',
-        'trail:suppressed', n .. '|' .. now .. '|{"rule":"' .. rule .. '"}')
+      append_status(redis.call, status_key, record,
+        'suppressed|' .. now .. '|{"rule":"' .. rule .. '"}', retention)
       suppressed = suppressed + 1
     else
-      local inbox_id = append_inbox(redis.call, inbox_key, max_len, ARGV[a + 3], ARGV[a + 4],
-        ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
-      local trail = n .. '|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}'
-      redis.call('HSET', status_key, 'inbox_id', inbox_id, 'n', n,
-        'status', 'delivered', 'trail:delivered', trail)
+      local inbox_id = append_inbox(redis.call, inbox_key, max_len, ARGV[a + 3], ARGV[a + 4])
+      append_status(redis.call, status_key, record,
+        'delivered|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}', retention)
       delivered = delivered + 1
       announce(announced, user)
     end
-    if not record[2] then renew(redis.call, status_key, user, retention) end
   end
   entry_ids[#entry_ids + 1] = ARGV[a + 1]
 end
@@ -149,27 +157,36 @@ end
 return #entry_ids
 """)
 
-# KEYS: status, counts, outbox, dead-letter stream
+# KEYS: status, counts, outbox, dead-letter stream, retry state
 # ARGV: entry id, now, retention, max tries, reason, push id, base backoff ms, jitter (0.5-1),
 #       entry JSON, is_permanent ('1': dead now, whatever the tries)
 # Returns -1 while the push waits out its backoff, 0 when it will be retried, 1 when dead.
 _FAIL = StatusScript("""
-if redis.call('HEXISTS', KEYS[1], 'trail:dead') == 0 then
-  local retry_at = redis.call('HGET', KEYS[1], 'retry_at')
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  -- A record from before 0.2 kept the retry state in itself: carry it over, then convert.
+  local old = redis.call('HMGET', KEYS[1], 'tries', 'retry_at', 'last_error')
+  for i, name in ipairs({'tries', 'retry_at', 'last_error'}) do
+    if old[i] then redis.call('HSET', KEYS[5], name, old[i]) end
+  end
+end
+if not has_status(load_record(KEYS[1]), 'dead') then
+  local retry_at = redis.call('HGET', KEYS[5], 'retry_at')
   if retry_at and tonumber(ARGV[2]) < tonumber(retry_at) then return -1 end
-  local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
-  redis.call('HSET', KEYS[1], 'last_error', ARGV[5])
+  local tries = redis.call('HINCRBY', KEYS[5], 'tries', 1)
+  redis.call('HSET', KEYS[5], 'last_error', ARGV[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
   retain(KEYS[1], ARGV[3])
   if tries < tonumber(ARGV[4]) and ARGV[10] ~= '1' then
     local backoff_ms = math.min(tonumber(ARGV[7]) * 2 ^ (tries - 1), MAX_BACKOFF_MS)
       * tonumber(ARGV[8])
-    redis.call('HSET', KEYS[1], 'retry_at', tostring(tonumber(ARGV[2]) + backoff_ms / 1000))
+    redis.call('HSET', KEYS[5], 'retry_at', tostring(tonumber(ARGV[2]) + backoff_ms / 1000))
     return 0
   end
   redis.call('XADD', KEYS[4], '*', 'push_id', ARGV[6], 'reason', ARGV[5], 'tries', tries,
              'at', ARGV[2], 'entry', ARGV[9])
-  redis.call('HDEL', KEYS[1], 'retry_at')
+  redis.call('HDEL', KEYS[5], 'retry_at')
   mark(KEYS[1], KEYS[2], 'dead', ARGV[2], cjson.encode({reason = ARGV[5], tries = tries}))
+  retain(KEYS[1], ARGV[3])  -- again: mark recreated a record that had expired
 end
 redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
 redis.call('XDEL', KEYS[3], ARGV[1])
@@ -187,11 +204,11 @@ return 1
 """)
 
 # A channel's push was sent: record it and acknowledge the entry.
-# KEYS: status, counts, outbox; ARGV: entry id, now, retention, extra JSON
+# KEYS: status, counts, outbox, retry state; ARGV: entry id, now, retention, extra JSON
 _SENT = StatusScript("""
 mark(KEYS[1], KEYS[2], 'delivered', ARGV[2], ARGV[4])
 retain(KEYS[1], ARGV[3])
-redis.call('HDEL', KEYS[1], 'retry_at')
+redis.call('HDEL', KEYS[4], 'retry_at')
 redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
 redis.call('XDEL', KEYS[3], ARGV[1])
 return 1
@@ -258,47 +275,45 @@ for i = 1, 2 do
     elseif reply then
       local entries, rest, done = reply[1][2], {}, {}
       local delivered, suppressed, announced = 0, 0, {}
+      -- Most tenants quarantine nobody: one look spares a lookup per push.
+      local has_quarantine = i == 2 and redis.call('EXISTS', KEYS[6]) == 1
       n = n + #entries
       for _, e in ipairs(entries) do
         -- outbox.enqueue writes these fields in this order; anything else goes to the worker.
         local f = e[2]
         local push, user = f[2], f[4]
         local is_done = false
-        if is_direct and #f == 16 and f[1] == 'push_id' and f[3] == 'user_id' and f[6] == 'inbox'
-            and f[9] == 'title' and f[15] == 'enqueued_at' and push ~= '' and user ~= ''
+        if is_direct and #f == 8 and f[1] == 'push_id' and f[3] == 'user_id' and f[6] == 'inbox'
+            and f[7] == 'm' and push ~= '' and user ~= ''
             and not string.find(push, '[{}\\r\\n]') and not string.find(user, '[{}\\r\\n]') then
           local status_key = status_prefix .. push
-          local record = redis.pcall('HMGET', status_key, 'n', 'inbox_id', 'trail:suppressed')
-          if failed(record) then
-            errors[#errors + 1] = record.err
-          elseif record[2] or record[3] then
+          local is_read, record = pcall(load_record, status_key)
+          if not is_read then
+            errors[#errors + 1] = type(record) == 'table' and record.err or tostring(record)
+          elseif is_final(record) then
             is_done = true  -- delivered or suppressed before (an id enqueued again): drop it
           else
-            local seq = (tonumber(record[1]) or 0) + 1
-            local quarantined = i == 2 and redis.pcall('HEXISTS', KEYS[6], user)
+            local quarantined = has_quarantine and redis.pcall('HEXISTS', KEYS[6], user)
             if failed(quarantined) then
               errors[#errors + 1] = quarantined.err
             elseif quarantined == 1 then
-              redis.pcall('HSET', status_key, 'n', seq, 'status', 'suppressed',
-                'trail:suppressed', seq .. '|' .. now .. '|{"rule":"quarantine"}')
+              append_status(redis.pcall, status_key, record,
+                'suppressed|' .. now .. '|{"rule":"quarantine"}', retention)
               suppressed = suppressed + 1
               is_done = true
             else
-              local inbox_id = append_inbox(redis.pcall, inbox_prefix .. user, max_len, push,
-                f[10], f[12], f[14], f[16], f[8])
+              local inbox_id = append_inbox(redis.pcall, inbox_prefix .. user, max_len, push, f[8])
               if failed(inbox_id) then  -- say the key is not a stream
                 errors[#errors + 1] = inbox_id.err
               else
-                local marked = redis.pcall('HSET', status_key, 'inbox_id', inbox_id, 'n', seq,
-                  'status', 'delivered', 'trail:delivered',
-                  seq .. '|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}')
+                local marked = append_status(redis.pcall, status_key, record,
+                  'delivered|' .. now .. '|{"inbox_id":"' .. inbox_id .. '"}', retention)
                 if failed(marked) then errors[#errors + 1] = marked.err end
                 delivered = delivered + 1
                 is_done = true
                 announce(announced, user)
               end
             end
-            if is_done and not record[1] then renew(redis.pcall, status_key, user, retention) end
           end
         end
         if is_done then done[#done + 1] = e[1] else rest[#rest + 1] = e end
@@ -308,6 +323,12 @@ for i = 1, 2 do
         for _, e in ipairs(rest) do pending[#pending + 1] = e[1] end
         if ARGV[9] ~= '1' then  -- fault injection: as if it died before acking
           for _, id in ipairs(done) do pending[#pending + 1] = id end
+        elseif #done > 0 and #rest == 0
+            and redis.call('XPENDING', KEYS[i + 1], group)[1] == 0 then
+          -- Every entry up to the group's last read one is done or pending, and none is
+          -- pending: one trim drops them all, much cheaper than deleting them one by one.
+          local ms, seq = string.match(entries[#entries][1], '^(%d+)-(%d+)$')
+          redis.call('XTRIM', KEYS[i + 1], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
         elseif #done > 0 then
           redis.call('XDEL', KEYS[i + 1], unpack(done))
         end
@@ -646,7 +667,7 @@ class DeliveryWorker:
         head_keys, head_args = list(script_keys[:3]), list(args[:4])
         singles: list[ScriptCall] = [
             (script, [*head_keys, *script_keys[3 + 3 * i : 6 + 3 * i]],
-             [*head_args, *args[4 + 9 * i : 13 + 9 * i]])
+             [*head_args, *args[4 + 5 * i : 9 + 5 * i]])
             for i in range((len(script_keys) - 3) // 3)
         ]
         handled = 0
@@ -669,9 +690,7 @@ class DeliveryWorker:
             script_keys += [keys.push_status(tenant_id, push_id),
                             keys.inbox_stream(tenant_id, user_id),
                             keys.user_frequency(tenant_id, user_id)]
-            args += [entry_id, user_id, push_id, fields.get("title", ""), fields.get("body", ""),
-                     fields.get("data", "{}"), fields.get("enqueued_at", ""),
-                     fields.get("campaign_id", ""), policy]
+            args += [entry_id, user_id, push_id, entry_message(fields), policy]
         return _DELIVER_INBOX, script_keys, args
 
     def _policies(
@@ -728,12 +747,20 @@ class DeliveryWorker:
         entries whose push already reached its end."""
         pipe = self.r.pipeline(transaction=False)
         for _, _, _, (_, fields) in items:
-            pipe.hmget(keys.push_status(tenant_id, fields["push_id"]),
-                       "trail:delivered", "trail:dead", "retry_at")
+            pipe.get(keys.push_status(tenant_id, fields["push_id"]))
+            pipe.hget(keys.push_retry(tenant_id, fields["push_id"]), "retry_at")
+        replies = pipe.execute(raise_on_error=False)
         calls: list[ScriptCall] = []
         due: list[_Work] = []
-        for item, (was_delivered, was_dead, retry_at) in zip(items, pipe.execute(), strict=True):
-            if was_delivered or was_dead:
+        for item, record, retry_at in zip(items, replies[::2], replies[1::2], strict=True):
+            if isinstance(retry_at, Exception):
+                raise retry_at
+            if isinstance(record, str):
+                statuses = {line.split("|", 1)[0] for line in record.split("\n")}
+            else:  # an older version's hash record, say
+                trail = receipts.status_trail(self.r, tenant_id, item[3][1]["push_id"])
+                statuses = {entry["status"] for entry in trail or ()}
+            if {"delivered", "dead"} & statuses:
                 calls.append((_ACK_ONLY, [item[2]], [item[3][0]]))
             elif retry_at is None or float(retry_at) <= now:
                 due.append(item)
@@ -764,7 +791,8 @@ class DeliveryWorker:
                 self._in_flight.discard(entry_id)
                 status_key = keys.push_status(tenant_id, fields["push_id"])
                 if result.outcome == "sent":
-                    calls.append((_SENT, [status_key, keys.status_counts(tenant_id), stream],
+                    calls.append((_SENT, [status_key, keys.status_counts(tenant_id), stream,
+                                          keys.push_retry(tenant_id, fields["push_id"])],
                                   [entry_id, repr(now), self.retention_seconds,
                                    json.dumps(dict(result.fields), separators=(",", ":"))]))
                 else:
@@ -780,7 +808,8 @@ class DeliveryWorker:
         return (
             _FAIL,
             [keys.push_status(tenant_id, fields["push_id"]), keys.status_counts(tenant_id),
-             stream, keys.dead_letter_stream(tenant_id)],
+             stream, keys.dead_letter_stream(tenant_id),
+             keys.push_retry(tenant_id, fields["push_id"])],
             [entry_id, repr(now), self.retention_seconds, self.max_tries, reason,
              fields["push_id"], self.retry_base_ms, random.uniform(0.5, 1.0),
              json.dumps(dict(fields)), "1" if is_permanent else "0"],

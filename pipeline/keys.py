@@ -23,6 +23,7 @@ __all__ = [
     "outbox_stream",
     "push_status",
     "push_status_prefix",
+    "push_retry",
     "status_counts",
     "dead_letter_stream",
     "inbox_stream",
@@ -123,6 +124,11 @@ def push_status(tenant_id: str, push_id: str) -> str:
 def push_status_prefix(tenant_id: str) -> str:
     """``push_status(tenant_id, p)`` is this plus ``p``: for a script that names many of them."""
     return f"{_tenant(tenant_id)}:push:"
+
+
+def push_retry(tenant_id: str, push_id: str) -> str:
+    """Hash: a channel push's retry state (``tries``, ``retry_at``, ``last_error``)."""
+    return f"{_tenant(tenant_id)}:pushretry:{_part('push_id', push_id)}"
 
 
 def status_counts(tenant_id: str) -> str:

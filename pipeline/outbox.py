@@ -5,6 +5,11 @@ retention period, 7 days by default, from its enqueue or a later status) changes
 reported as a duplicate. Pushes are accepted by a Lua script per chunk of one tenant and lane, so
 each push's outbox entry and "queued" status record, the record doubling as its id guard, are
 written together or not at all.
+
+An outbox entry has four fields: ``push_id``, ``user_id``, ``channel`` and ``m``, the message as
+the device gets it, JSON encoded once here (``message``). The inbox entry keeps ``push_id`` and
+``m``, and the gateways send ``inbox_frame`` of it: the delivery path never decodes a payload.
+Entries written before 0.2 (one field per attribute) are still read (``entry_content``).
 Durability per lane (see docs/delivery.md): the server's AOF fsyncs every second; a call that
 accepts transactional pushes also waits for the fsync (``WAITAOF``) before it returns.
 """
@@ -20,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis
 
 from pipeline import keys
@@ -34,6 +40,10 @@ __all__ = [
     "Push",
     "EnqueueResult",
     "make_push_id",
+    "message",
+    "entry_content",
+    "entry_message",
+    "inbox_frame",
     "enqueue",
     "WAIT_AOF_MS",
     "BacklogFullError",
@@ -72,13 +82,72 @@ def make_push_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
 
+def message(push: Push, enqueued_at: float) -> str:
+    """The push as the device gets it (less the ids), JSON: the outbox entry's ``m``."""
+    return orjson.dumps({"title": push.title, "body": push.body, "data": dict(push.data),
+                         "campaign_id": push.campaign_id, "enqueued_at": enqueued_at}).decode()
+
+
+def entry_message(fields: Mapping[str, str]) -> str:
+    """An outbox entry's ``m``; built from the fields of an entry written before 0.2."""
+    if "m" in fields:
+        return fields["m"]
+    return orjson.dumps({
+        "title": fields.get("title", ""), "body": fields.get("body", ""),
+        "data": _json_object(fields.get("data")), "campaign_id": fields.get("campaign_id", ""),
+        "enqueued_at": _float(fields.get("enqueued_at")),
+    }).decode()
+
+
+def entry_content(fields: Mapping[str, str]) -> dict[str, Any]:
+    """An outbox entry's push as one object: ids, channel and the decoded message."""
+    try:
+        content = orjson.loads(entry_message(fields))
+    except orjson.JSONDecodeError:
+        content = {}
+    if not isinstance(content, dict):
+        content = {}
+    return {"push_id": fields.get("push_id", ""), "user_id": fields.get("user_id", ""),
+            "channel": fields.get("channel", ""), "title": str(content.get("title", "")),
+            "body": str(content.get("body", "")), "data": _json_object(content.get("data")),
+            "campaign_id": str(content.get("campaign_id", "")),
+            "enqueued_at": _float(content.get("enqueued_at"))}
+
+
+def inbox_frame(entry_id: str, fields: Mapping[str, str]) -> str:
+    """The WebSocket frame of an inbox entry: ``{"id", "push_id", "title", "body", "data",
+    "campaign_id", "enqueued_at"}``, spliced from the stored ``m`` without decoding it."""
+    head = orjson.dumps({"id": entry_id, "push_id": fields.get("push_id", "")}).decode()
+    m = entry_message(fields)
+    if len(m) < 3 or m[0] != "{" or m[-1] != "}":  # not an object with a member
+        return head
+    return head[:-1] + "," + m[1:]
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value or "{}")
+        except orjson.JSONDecodeError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 # Accepts a chunk of pushes of one tenant and lane. A push over the backlog cap is refused (2),
 # one already enqueued (its status record exists) is a duplicate (0), any other is accepted (1).
 # KEYS: outbox, counts, transactional outbox, marketing outbox, then per push: status
-# ARGV: now, retention, backlog cap (-1: none), lane, then per push the 8 _FIELDS values
+# ARGV: now, retention, backlog cap (-1: none), lane, then per push: push id, user id, channel,
+#       message
 _ENQUEUE = StatusScript("""
 local now, retention, cap, lane = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local queued = '1|' .. now .. '|'
+local queued = 'queued|' .. now .. '|'
 local backlog = 0
 if cap >= 0 then
   -- Marketing counts the whole backlog; transactional only its own lane, so a marketing
@@ -88,28 +157,27 @@ if cap >= 0 then
 end
 local results, accepted = {}, 0
 for i = 1, #KEYS - 4 do
-  local status_key, a = KEYS[4 + i], 4 + 8 * (i - 1)
-  local code = 1
-  -- The status record is the idempotency guard: an id is a duplicate while its record lives.
-  if redis.call('EXISTS', status_key) == 1 then
-    code = 0
-  elseif cap >= 0 and backlog >= cap then
-    code = 2
-  end
-  if code == 1 then
+  local status_key, a = KEYS[4 + i], 4 + 4 * (i - 1)
+  local code
+  if cap >= 0 and backlog >= cap then
+    code = redis.call('EXISTS', status_key) == 1 and 0 or 2
+  -- The status record is the idempotency guard: one write creates it with its retention,
+  -- unless the id's record lives (a duplicate).
+  elseif redis.call('SET', status_key, queued, 'NX', 'EX', retention) then
+    code = 1
     redis.call('XADD', KEYS[1], '*', 'push_id', ARGV[a + 1], 'user_id', ARGV[a + 2],
-      'channel', ARGV[a + 3], 'campaign_id', ARGV[a + 4], 'title', ARGV[a + 5],
-      'body', ARGV[a + 6], 'data', ARGV[a + 7], 'enqueued_at', ARGV[a + 8])
-    -- mark() inlined: a new push has no status record, so "queued" is first.
-    redis.call('HSET', status_key, 'user_id', ARGV[a + 2], 'n', 1, 'status', 'queued',
-      'trail:queued', queued)
-    redis.call('EXPIRE', status_key, retention)
+      'channel', ARGV[a + 3], 'm', ARGV[a + 4])
     backlog = backlog + 1
     accepted = accepted + 1
-  elseif code == 0 and lane == 'transactional' then
+  else
+    code = 0
+  end
+  if code == 0 and lane == 'transactional' then
     -- A retried transactional push writes this, so the WAIT after it covers the original
     -- write too (replication is ordered) and a retry is acknowledged only once it is safe.
-    redis.call('HSET', status_key, 'seen_at', now)
+    -- PEXPIRE always writes; it never shortens the record's life.
+    redis.call('PEXPIRE', status_key,
+      math.max(redis.call('PTTL', status_key), tonumber(retention) * 1000))
   end
   results[i] = code
 end
@@ -232,10 +300,8 @@ def _enqueue_call(
     args: list[str | int | float] = [repr(now), retention_seconds, cap, lane]
     for push in pushes:
         script_keys.append(keys.push_status(tenant_id, push.push_id))
-        args += [push.push_id, push.user_id, push.channel, push.campaign_id, push.title,
-                 push.body, json.dumps(dict(push.data), separators=(",", ":")) if push.data
-                 else "{}",
-                 repr(push.enqueued_at or now)]
+        args += [push.push_id, push.user_id, push.channel,
+                 message(push, push.enqueued_at or now)]
     return _ENQUEUE, script_keys, args
 
 

@@ -1,13 +1,17 @@
 """Push status records: each push's trail of statuses, and per-tenant counters.
 
-A push's record is one hash, ``keys.push_status(tenant, push)``, that expires after a retention
-period. Besides a few attributes (``user_id``, ``inbox_id``, ``tries``...) it holds one
-field per status reached, ``trail:<status>`` = ``<seq>|<at>|<json of extra fields>``; ``n`` counts
-them, so the trail reads back in the order it was written. Marking a status is idempotent: the
-first mark of (push, status) records it and bumps ``keys.status_counts(tenant)``, later ones do
-nothing. The enqueue and delivery scripts write the record in the same Lua call as the outbox or
-inbox entry it describes (the delivery scripts inline ``mark`` on their hot path), so a status never
-disagrees with the streams. The record is also the push id's idempotency guard (see outbox).
+A push's record is one string, ``keys.push_status(tenant, push)``, that expires after a retention
+period: its trail, one line per status reached, ``<status>|<at>|<json of extra fields>``, oldest
+first. Enqueue creates it with ``SET NX EX`` (so it is also the push id's idempotency guard, see
+outbox) and each later status is one ``APPEND``: a status costs the server one small write. Marking a
+status is idempotent: the first mark of (push, status) records it and bumps
+``keys.status_counts(tenant)``, later ones do nothing. The enqueue and delivery scripts write the
+record in the same Lua call as the outbox or inbox entry it describes, so a status never disagrees
+with the streams. A channel push's retry state lives beside it in ``keys.push_retry``.
+
+Records written by versions before 0.2 are hashes (one ``trail:<status>`` field per status); a
+script that meets one rewrites it as a string first (``load_record``), and ``status_trail``
+reads both, so an upgrade needs no migration step.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ __all__ = [
     "mark_many",
     "mark",
     "status_trail",
+    "parse_trail",
+    "status_trails",
+    "current_statuses",
     "status_counts",
 ]
 
@@ -45,11 +52,43 @@ STATUSES = ("queued", "sent", "delivered", "acked", "opened", "suppressed", "fai
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 
 _MARK_LUA = """
+-- A legacy hash record (trail:<status> = '<seq>|<at>|<extra>') becomes the string record,
+-- keeping its TTL; the record is returned (false when there is none).
+local function load_record(status_key)
+  local record = redis.pcall('GET', status_key)
+  if type(record) ~= 'table' or not record.err then return record end
+  if redis.call('TYPE', status_key).ok ~= 'hash' then return redis.call('GET', status_key) end
+  local flat, trail = redis.call('HGETALL', status_key), {}
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 6) == 'trail:' then
+      local seq, rest = string.match(flat[i + 1], '^(%d+)|(.*)$')
+      if seq then trail[#trail + 1] = {tonumber(seq), string.sub(flat[i], 7) .. '|' .. rest} end
+    end
+  end
+  table.sort(trail, function(a, b) return a[1] < b[1] end)
+  local lines = {}
+  for _, pair in ipairs(trail) do lines[#lines + 1] = pair[2] end
+  local ttl = redis.call('PTTL', status_key)
+  redis.call('DEL', status_key)
+  if #lines == 0 then return false end
+  record = table.concat(lines, '\\n')
+  redis.call('SET', status_key, record)
+  if ttl > 0 then redis.call('PEXPIRE', status_key, ttl) end
+  return record
+end
+local function has_status(record, status)
+  return record and string.find('\\n' .. record, '\\n' .. status .. '|', 1, true) ~= nil
+end
+-- Appends the status unless the trail has it; a record that had expired starts again.
 local function mark(status_key, counts_key, status, now, extra)
-  local field = 'trail:' .. status
-  if redis.call('HEXISTS', status_key, field) == 1 then return 0 end
-  local n = redis.call('HINCRBY', status_key, 'n', 1)
-  redis.call('HSET', status_key, field, n .. '|' .. now .. '|' .. extra, 'status', status)
+  local record = load_record(status_key)
+  if has_status(record, status) then return 0 end
+  local line = status .. '|' .. now .. '|' .. extra
+  if record then
+    redis.call('APPEND', status_key, '\\n' .. line)
+  else
+    redis.call('SET', status_key, line)
+  end
   redis.call('HINCRBY', counts_key, status, 1)
   return 1
 end
@@ -139,7 +178,7 @@ def _evalsha_pipeline(
 
 
 _MARK_SCRIPT = StatusScript("""
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if not load_record(KEYS[1]) then return -1 end
 local marked = mark(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[4])
 retain(KEYS[1], ARGV[3])
 return marked
@@ -179,7 +218,7 @@ def mark(
 _MARK_MANY_SCRIPT = StatusScript("""
 local marked = 0
 for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
+  if load_record(KEYS[i]) then
     marked = marked + mark(KEYS[i], KEYS[1], ARGV[1], ARGV[2], '')
     retain(KEYS[i], ARGV[3])
   end
@@ -217,9 +256,59 @@ def mark_many(
 
 def status_trail(r: redis.Redis, tenant_id: str, push_id: str) -> list[dict[str, Any]] | None:
     """``[{"status": ..., "at": epoch_s, ...}]``, oldest first; None if unknown to the tenant."""
-    record = r.hgetall(_status_key(tenant_id, push_id))
-    if not record:
-        return None
+    status_key = _status_key(tenant_id, push_id)
+    for _ in range(3):  # a script may convert a legacy record between the two reads
+        try:
+            record = r.get(status_key)
+            return None if record is None else parse_trail(record)
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+        try:
+            return _legacy_trail(r.hgetall(status_key))
+        except redis.ResponseError as e:
+            if "WRONGTYPE" not in str(e):
+                raise
+    raise redis.ResponseError(f"status record {status_key!r} changed type under three reads")
+
+
+def parse_trail(record: str) -> list[dict[str, Any]]:
+    """A status record's trail, as ``status_trail`` returns it."""
+    trail = []
+    for line in record.split("\n"):
+        status, at, extra = line.split("|", 2)
+        entry: dict[str, Any] = {"status": status, "at": float(at)}
+        if extra:
+            entry.update(json.loads(extra))
+        trail.append(entry)
+    return trail
+
+
+def status_trails(r: redis.Redis, tenant_id: str,
+                  push_ids: Sequence[str]) -> list[list[dict[str, Any]] | None]:
+    """``status_trail`` of many pushes of one tenant, read in one pipeline."""
+    pipe = r.pipeline(transaction=False)
+    for push_id in push_ids:
+        pipe.get(_status_key(tenant_id, push_id))
+    trails: list[list[dict[str, Any]] | None] = []
+    for push_id, record in zip(push_ids, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(record, redis.ResponseError) and "WRONGTYPE" in str(record):
+            trails.append(status_trail(r, tenant_id, push_id))  # an older version's hash
+        elif isinstance(record, Exception):
+            raise record
+        else:
+            trails.append(None if record is None else parse_trail(record))
+    return trails
+
+
+def current_statuses(r: redis.Redis, tenant_id: str,
+                     push_ids: Sequence[str]) -> list[str | None]:
+    """Each push's latest status (None if unknown to the tenant), read in one pipeline."""
+    return [trail[-1]["status"] if trail else None
+            for trail in status_trails(r, tenant_id, push_ids)]
+
+
+def _legacy_trail(record: dict[str, str]) -> list[dict[str, Any]] | None:
     trail = []
     for name, value in record.items():
         if not name.startswith("trail:"):
@@ -229,7 +318,7 @@ def status_trail(r: redis.Redis, tenant_id: str, push_id: str) -> list[dict[str,
         if extra:
             entry.update(json.loads(extra))
         trail.append((int(seq), entry))
-    return [entry for _, entry in sorted(trail, key=lambda pair: pair[0])]
+    return [entry for _, entry in sorted(trail, key=lambda pair: pair[0])] or None
 
 
 def status_counts(r: redis.Redis, tenant_id: str) -> dict[str, int]:

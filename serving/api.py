@@ -692,7 +692,7 @@ class Api:
                 entries = await self._ar.xread({stream: cursor}, count=200, block=1000)
                 for _, messages in entries:
                     for entry_id, fields in messages:
-                        await ws.send_text(json.dumps({"id": entry_id, **fields}))
+                        await ws.send_text(outbox.inbox_frame(entry_id, fields))
                         cursor = entry_id
         except (WebSocketDisconnect, RuntimeError):
             pass

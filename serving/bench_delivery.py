@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import keys, tenants
-from pipeline.outbox import Push, enqueue
+from pipeline.outbox import Push, enqueue, entry_content
 from pipeline.redis_server import EmbeddedRedis, connect
 from pipeline.tenants import Plan
 from serving.loop import new_event_loop
@@ -203,7 +203,7 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
         for entry_id, fields in r.xrange(keys.inbox_stream(tenant_id, user_id)):
             inbox_ids[fields["push_id"]] += 1
             inbox_latency_ms.append(int(entry_id.split("-")[0])
-                                    - float(fields["enqueued_at"]) * 1000)
+                                    - entry_content(fields)["enqueued_at"] * 1000)
     n_delivered = delivered()
     r.close()
     result.update({

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from pipeline import keys, receipts, tenants
 from pipeline.errors import AuthError
+from pipeline.outbox import inbox_frame
 from pipeline.redis_server import SENTINEL_SCHEME, connect, connect_async
 
 __all__ = ["Gateway"]
@@ -145,7 +146,7 @@ class Gateway:
                 read = 0
                 for _, messages in reply:
                     for entry_id, fields in messages:
-                        await ws.send(json.dumps({"id": entry_id, **fields}))
+                        await ws.send(inbox_frame(entry_id, fields))
                         cursor = entry_id
                     read += len(messages)
                 # A short read means caught up; what arrived since then set ``wake`` again.

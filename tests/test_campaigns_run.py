@@ -21,6 +21,7 @@ from pipeline.features import FEATURE_COLUMNS, build_features
 from pipeline.featurestore import store_features, store_profiles
 from pipeline.generator import generate_tenant
 from pipeline.guard import quarantine_users
+from pipeline.outbox import entry_content
 from pipeline.redis_server import EmbeddedRedis
 from pipeline.training import train_propensity
 
@@ -65,8 +66,8 @@ def config(settings: Settings, redis_server: EmbeddedRedis, ray_session: None) -
 
 
 def outbox_users(r: redis.Redis, tenant_id: str, campaign_id: str) -> Counter[str]:
-    entries = r.xrange(keys.outbox_stream(tenant_id, "marketing"))
-    return Counter(f["user_id"] for _, f in entries if f["campaign_id"] == campaign_id)
+    pushes = [entry_content(f) for _, f in r.xrange(keys.outbox_stream(tenant_id, "marketing"))]
+    return Counter(p["user_id"] for p in pushes if p["campaign_id"] == campaign_id)
 
 
 def test_a_run_selects_scores_holds_out_and_sends_each_user_once(
@@ -90,7 +91,8 @@ def test_a_run_selects_scores_holds_out_and_sends_each_user_once(
     sent = outbox_users(redis_client, tenant_id, "spring")
     assert len(sent) == c["sent"] and set(sent.values()) == {1}
     assert "u000001" not in sent
-    bodies = [f["body"] for _, f in redis_client.xrange(keys.outbox_stream(tenant_id, "marketing"))]
+    bodies = [entry_content(f)["body"]
+              for _, f in redis_client.xrange(keys.outbox_stream(tenant_id, "marketing"))]
     assert any(b.startswith("New in ") and "{" not in b for b in bodies)
     report = run_report(redis_client, tenant_id, "spring", "r1", converted=[])
     assert report["sent"] == c["sent"] and report["held_out"] == c["held_out"]

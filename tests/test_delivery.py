@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import pytest
 import redis
@@ -10,8 +12,16 @@ import redis
 from pipeline import keys
 from pipeline.delivery import GROUP, DeliveryWorker
 from pipeline.errors import InvalidInputError
-from pipeline.outbox import MAX_PAYLOAD_BYTES, Push, enqueue, make_push_id
-from pipeline.receipts import mark, status_counts, status_trail
+from pipeline.outbox import MAX_PAYLOAD_BYTES, Push, enqueue, inbox_frame, make_push_id
+from pipeline.receipts import (
+    DEFAULT_RETENTION_SECONDS,
+    current_statuses,
+    mark,
+    mark_many,
+    status_counts,
+    status_trail,
+    status_trails,
+)
 from pipeline.redis_server import EmbeddedRedis, connect
 
 
@@ -64,6 +74,29 @@ def _url(r: redis.Redis) -> str:
     return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
 
 
+def write_legacy_record(r: redis.Redis, tenant_id: str, push_id: str, user_id: str,
+                        trail: list[tuple[str, float, str]], *, ttl_seconds: int,
+                        **fields: str) -> None:
+    """A status record as versions before 0.2 wrote it: a hash with a TTL, a field per status."""
+    record: dict[str, str | int] = {"user_id": user_id, "n": len(trail), "status": trail[-1][0],
+                                    **fields}
+    # Newest status first, so only the sequence numbers give the order.
+    for seq, (status, at, extra) in reversed(list(enumerate(trail, start=1))):
+        record[f"trail:{status}"] = f"{seq}|{at!r}|{extra}"
+    r.delete(keys.push_status(tenant_id, push_id))
+    r.hset(keys.push_status(tenant_id, push_id), mapping=record)
+    r.expire(keys.push_status(tenant_id, push_id), ttl_seconds)
+
+
+def legacy_outbox_fields(push_id: str, user_id: str, *, channel: str = "inbox",
+                         campaign_id: str = "", title: str = "", body: str = "", data: str = "{}",
+                         enqueued_at: float = 0.0) -> dict[str, str]:
+    """An outbox entry as versions before 0.2 wrote it: one field per attribute."""
+    return {"push_id": push_id, "user_id": user_id, "channel": channel,
+            "campaign_id": campaign_id, "title": title, "body": body, "data": data,
+            "enqueued_at": repr(enqueued_at)}
+
+
 def test_make_push_id_is_deterministic_and_separates_parts():
     assert make_push_id("c1", "u1") == make_push_id("c1", "u1")
     assert len(make_push_id("c1", "u1")) == 24
@@ -76,7 +109,10 @@ def test_enqueue_twice_adds_one_outbox_entry_and_reports_the_duplicate(r):
     second = enqueue(r, [push])
     assert (first.accepted, first.duplicates) == (["p1"], [])
     assert (second.accepted, second.duplicates) == ([], ["p1"])
-    assert r.xlen(keys.outbox_stream("a", "marketing")) == 1
+    [(_, fields)] = r.xrange(keys.outbox_stream("a", "marketing"))
+    assert list(fields) == ["push_id", "user_id", "channel", "m"]  # as the read script expects
+    assert json.loads(fields["m"]) == {"title": "hi", "body": "", "data": {}, "campaign_id": "",
+                                       "enqueued_at": pytest.approx(time.time(), abs=60)}
     assert [e["status"] for e in status_trail(r, "a", "p1")] == ["queued"]
     assert status_counts(r, "a")["queued"] == 1
 
@@ -118,9 +154,11 @@ def test_worker_delivers_every_push_once_into_its_users_inbox_and_announces_it(r
 
     for u in range(3):
         assert inbox_push_ids(r, "a", f"u{u}") == [f"p{i}" for i in range(u, 30, 3)]
-    _, fields = r.xrange(keys.inbox_stream("a", "u0"), count=1)[0]
-    assert fields["title"] == "t0" and fields["data"] == '{"deep_link":"app://x"}'
-    assert fields["campaign_id"] == "c1" and float(fields["enqueued_at"]) > 0
+    entry_id, fields = r.xrange(keys.inbox_stream("a", "u0"), count=1)[0]
+    assert set(fields) == {"push_id", "m"}
+    frame = json.loads(inbox_frame(entry_id, fields))
+    assert frame["title"] == "t0" and frame["data"] == {"deep_link": "app://x"}
+    assert frame["campaign_id"] == "c1" and frame["enqueued_at"] > 0
     trail = status_trail(r, "a", "p4")
     assert [e["status"] for e in trail] == ["queued", "delivered"]
     assert trail[0]["at"] <= trail[1]["at"]
@@ -134,6 +172,31 @@ def test_worker_delivers_every_push_once_into_its_users_inbox_and_announces_it(r
         announced += message["data"].split("\n")
     assert sorted(announced) == ["u0", "u1", "u2"]  # each user once per delivery chunk
     pubsub.close()
+
+
+def test_the_inbox_frame_is_the_push_as_the_device_gets_it_whatever_its_text(r):
+    title, body = 'He said "hi" \u00e9\U0001F600', "back\\slash \u2028 and {braces}"
+    data = {"k": "a\nb", "quote": '"', "emoji": "\U0001F680"}
+    enqueue(r, [Push(tenant_id="a", push_id="p0", user_id="u0", title=title, body=body,
+                     data=data, campaign_id="c1", enqueued_at=1700000000.25)])
+
+    assert drain(DeliveryWorker(r, ["a"], consumer="w1")) == 1
+
+    [(entry_id, fields)] = r.xrange(keys.inbox_stream("a", "u0"))
+    assert json.loads(inbox_frame(entry_id, fields)) == {
+        "id": entry_id, "push_id": "p0", "title": title, "body": body, "data": data,
+        "campaign_id": "c1", "enqueued_at": 1700000000.25,
+    }
+
+
+def test_an_inbox_entry_written_before_0_2_is_framed_like_a_new_one():
+    fields = {"push_id": "p0", "campaign_id": "c1", "title": 'He said "hi" \u00e9',
+              "body": "b", "data": '{"k":"a\\nb"}', "enqueued_at": "1700000000.25"}
+
+    assert json.loads(inbox_frame("5-0", fields)) == {
+        "id": "5-0", "push_id": "p0", "title": 'He said "hi" \u00e9', "body": "b",
+        "data": {"k": "a\nb"}, "campaign_id": "c1", "enqueued_at": 1700000000.25,
+    }
 
 
 def _read_as_dead_worker(r: redis.Redis, tenant_id: str) -> int:
@@ -172,6 +235,74 @@ def test_a_claimed_entry_already_in_the_inbox_is_only_acked(r):
     assert pending(r, "a") == 0
     assert [e["status"] for e in status_trail(r, "a", "p3")] == ["queued", "delivered"]
     assert status_counts(r, "a")["delivered"] == 10
+
+
+@pytest.mark.parametrize("path", ["read script", "worker"])
+def test_a_push_with_a_legacy_hash_record_is_delivered_once_and_its_record_rewritten(r, path):
+    enqueue(r, pushes("a", 1))
+    queued_at = time.time() - 60
+    write_legacy_record(r, "a", "p0", "u0", [("queued", queued_at, "")], ttl_seconds=300)
+    assert enqueue(r, pushes("a", 1)).duplicates == ["p0"]  # the hash still guards the id
+    if path == "worker":
+        assert _read_as_dead_worker(r, "a") == 1  # so the worker's own script delivers it
+    worker = DeliveryWorker(r, ["a"], consumer="live", claim_idle_ms=0, retention_seconds=5000)
+
+    assert drain(worker) == 1
+
+    assert inbox_push_ids(r, "a", "u0") == ["p0"]
+    trail = status_trail(r, "a", "p0")
+    assert [e["status"] for e in trail] == ["queued", "delivered"]
+    assert trail[0]["at"] == queued_at
+    assert trail[1]["inbox_id"] == r.xrange(keys.inbox_stream("a", "u0"))[0][0]
+    assert r.type(keys.push_status("a", "p0")) == "string"
+    assert 0 < r.ttl(keys.push_status("a", "p0")) <= 300  # kept: neither dropped nor reset
+    assert status_counts(r, "a")["delivered"] == 1
+    assert r.xlen(keys.outbox_stream("a", "marketing")) == 0 and pending(r, "a") == 0
+
+
+@pytest.mark.parametrize("path", ["read script", "worker"])
+def test_an_entry_whose_legacy_record_says_delivered_is_only_acked(r, path):
+    enqueue(r, pushes("a", 1))
+    at = time.time() - 60
+    write_legacy_record(r, "a", "p0", "u0",
+                        [("queued", at, ""), ("delivered", at + 1, '{"inbox_id":"1-1"}')],
+                        ttl_seconds=300, inbox_id="1-1")
+    if path == "worker":
+        assert _read_as_dead_worker(r, "a") == 1
+    worker = DeliveryWorker(r, ["a"], consumer="live", claim_idle_ms=0)
+
+    assert drain(worker) == 1
+
+    assert inbox_push_ids(r, "a", "u0") == []
+    assert [e["status"] for e in status_trail(r, "a", "p0")] == ["queued", "delivered"]
+    assert status_counts(r, "a")["delivered"] == 0
+    assert r.xlen(keys.outbox_stream("a", "marketing")) == 0 and pending(r, "a") == 0
+
+
+@pytest.mark.parametrize("record", ["legacy hash", "string"])
+def test_a_legacy_outbox_entry_is_delivered_once_with_its_content(r, record):
+    worker = DeliveryWorker(r, ["a"], consumer="w1")
+    assert worker.deliver_once() == 0  # the group exists before the old entry arrives
+    enqueued_at = time.time() - 60
+    if record == "legacy hash":
+        write_legacy_record(r, "a", "old-1", "u0", [("queued", enqueued_at, "")],
+                            ttl_seconds=300)
+    else:
+        r.set(keys.push_status("a", "old-1"), f"queued|{enqueued_at!r}|", ex=300)
+    r.xadd(keys.outbox_stream("a", "marketing"), legacy_outbox_fields(
+        "old-1", "u0", campaign_id="c9", title='Sale "now" \u00e9', body="50% off",
+        data='{"deep_link":"app://sale"}', enqueued_at=enqueued_at))
+
+    assert drain(worker) == 1
+
+    [(entry_id, fields)] = r.xrange(keys.inbox_stream("a", "u0"))
+    assert json.loads(inbox_frame(entry_id, fields)) == {
+        "id": entry_id, "push_id": "old-1", "title": 'Sale "now" \u00e9', "body": "50% off",
+        "data": {"deep_link": "app://sale"}, "campaign_id": "c9", "enqueued_at": enqueued_at,
+    }
+    assert [e["status"] for e in status_trail(r, "a", "old-1")] == ["queued", "delivered"]
+    assert status_counts(r, "a")["delivered"] == 1
+    assert r.xlen(keys.outbox_stream("a", "marketing")) == 0 and pending(r, "a") == 0
 
 
 def test_a_tenants_worker_never_writes_another_tenants_keys(r):
@@ -231,8 +362,37 @@ def test_a_failed_push_waits_out_its_backoff_before_the_next_try(r):
     assert worker.deliver_once() == 1
     assert worker.deliver_once() == 0
 
-    assert r.hget(keys.push_status("a", "p0"), "tries") == "1"
+    assert r.hget(keys.push_retry("a", "p0"), "tries") == "1"
     assert pending(r, "a") == 1
+
+
+def test_a_tenants_retry_state_is_not_another_tenants_for_the_same_push_id(r):
+    enqueue(r, pushes("a", 1, channel="webhook") + pushes("b", 1, channel="webhook"))
+
+    for tenant_id in ("b", "a"):  # b fails first and waits out a backoff of 30 s or more
+        worker = DeliveryWorker(r, [tenant_id], consumer="w1", claim_idle_ms=0,
+                                retry_base_ms=60_000, channels={})
+        assert worker.deliver_once() == 1
+
+    assert r.hget(keys.push_retry("a", "p0"), "tries") == "1"
+    assert r.hget(keys.push_retry("b", "p0"), "tries") == "1"
+    assert keys.push_retry("a", "p0").startswith(keys.tenant_prefix("a"))
+    assert current_statuses(r, "a", ["p0"]) == current_statuses(r, "b", ["p0"]) == ["queued"]
+
+
+def test_a_legacy_records_retry_state_is_carried_over_not_restarted(r):
+    enqueue(r, pushes("a", 1, channel="webhook"))
+    write_legacy_record(r, "a", "p0", "u0", [("queued", 1700000000.0, "")], ttl_seconds=300,
+                        tries="4", last_error="HTTP 503")
+    worker = DeliveryWorker(r, ["a"], consumer="w1", claim_idle_ms=0, max_tries=5,
+                            retry_base_ms=0, channels={})
+
+    assert worker.deliver_once() == 1  # the fifth try: dead now, not a fresh budget of five
+
+    [(_, letter)] = r.xrange(keys.dead_letter_stream("a"))
+    assert letter["tries"] == "5"
+    assert [e["status"] for e in status_trail(r, "a", "p0")] == ["queued", "dead"]
+    assert r.type(keys.push_status("a", "p0")) == "string"
 
 
 def test_a_malformed_outbox_entry_is_dead_lettered_at_once(r):
@@ -276,7 +436,7 @@ def test_an_entry_read_again_for_a_delivered_push_is_dropped_not_delivered_twice
 def test_a_damaged_status_record_strands_nothing_and_holds_back_no_other_push(r):
     enqueue(r, pushes("a", 6, users=3))
     r.delete(keys.push_status("a", "p4"))
-    r.set(keys.push_status("a", "p4"), "not a hash")  # a key some bug clobbered
+    r.rpush(keys.push_status("a", "p4"), "not a status record")  # a key some bug clobbered
 
     assert DeliveryWorker(r, ["a"], consumer="w1").deliver_once() == 5
 
@@ -317,6 +477,41 @@ def test_mark_appends_each_status_once_and_counts_it(r):
         mark(r, "a", "p0", "teleported")
 
 
+def test_a_legacy_record_is_read_as_it_is_and_a_mark_rewrites_it_in_order(r):
+    key = keys.push_status("a", "p0")
+    write_legacy_record(r, "a", "p0", "u0",
+                        [("queued", 100.0, ""), ("delivered", 101.0, '{"inbox_id":"5-0"}')],
+                        ttl_seconds=300, inbox_id="5-0")
+    trail = [{"status": "queued", "at": 100.0},
+             {"status": "delivered", "at": 101.0, "inbox_id": "5-0"}]
+
+    assert status_trail(r, "a", "p0") == trail
+    assert status_trails(r, "a", ["nope", "p0"]) == [None, trail]
+    assert current_statuses(r, "a", ["p0", "nope"]) == ["delivered", None]
+    assert r.type(key) == "hash"  # reading changes nothing
+
+    assert mark(r, "a", "p0", "acked", at=102.0, retention_seconds=100, device="d1") is True
+
+    assert r.type(key) == "string"
+    assert status_trail(r, "a", "p0") == [*trail, {"status": "acked", "at": 102.0, "device": "d1"}]
+    assert 100 < r.ttl(key) <= 300
+    assert mark(r, "a", "p0", "delivered") is False
+    assert mark(r, "a", "p0", "acked") is False
+    assert (status_counts(r, "a")["acked"], status_counts(r, "a")["delivered"]) == (1, 0)
+
+
+def test_mark_many_rewrites_a_legacy_record_like_mark(r):
+    write_legacy_record(r, "a", "p0", "u0",
+                        [("queued", 100.0, ""), ("delivered", 101.0, '{"inbox_id":"5-0"}')],
+                        ttl_seconds=300, inbox_id="5-0")
+
+    assert mark_many(r, "a", ["p0", "nope"], "acked", at=102.0) == 1
+
+    assert [e["status"] for e in status_trail(r, "a", "p0")] == ["queued", "delivered", "acked"]
+    assert r.type(keys.push_status("a", "p0")) == "string"
+    assert mark_many(r, "a", ["p0"], "delivered") == 0
+
+
 def test_status_records_expire_after_the_retention_period(r):
     enqueue(r, pushes("a", 1), retention_seconds=100)
     assert 0 < r.ttl(keys.push_status("a", "p0")) <= 100
@@ -337,6 +532,18 @@ def test_a_push_whose_record_expired_before_delivery_gets_a_new_one(r):
     assert [e["status"] for e in status_trail(r, "a", "p0")] == ["delivered"]
     assert 0 < r.ttl(keys.push_status("a", "p0")) <= 5000
     assert inbox_push_ids(r, "a", "u0") == ["p0"]
+
+
+def test_a_push_whose_record_expired_before_it_died_gets_a_record_that_expires(r):
+    enqueue(r, pushes("a", 1, channel="webhook"))
+    r.delete(keys.push_status("a", "p0"))
+    worker = DeliveryWorker(r, ["a"], consumer="w1", max_tries=1, retention_seconds=5000,
+                            channels={})
+
+    assert worker.deliver_once() == 1
+
+    assert [e["status"] for e in status_trail(r, "a", "p0")] == ["dead"]
+    assert 0 < r.ttl(keys.push_status("a", "p0")) <= 5000
 
 
 def test_scripts_are_loaded_again_after_a_script_flush(r):
@@ -392,3 +599,20 @@ def test_a_retried_transactional_push_writes_so_a_replica_wait_covers_the_origin
     assert again.duplicates == ["login-1"]
     assert int(r.info("replication")["master_repl_offset"]) > offset
     assert [s["status"] for s in status_trail(r, "a", "login-1")] == ["queued"]
+
+
+def test_a_duplicate_transactional_enqueue_never_shortens_the_record_and_lengthens_a_shorter(r):
+    push = Push(tenant_id="a", push_id="login-1", user_id="u1", lane="transactional", body="1234")
+    key = keys.push_status("a", "login-1")
+    enqueue(r, [push], is_transactional_fsynced=False, retention_seconds=100)
+    mark(r, "a", "login-1", "sent", retention_seconds=5000)
+    assert 4900 < r.ttl(key) <= 5000
+
+    again = enqueue(r, [push], is_transactional_fsynced=False, retention_seconds=100)
+
+    assert again.duplicates == ["login-1"]
+    assert 4900 < r.ttl(key) <= 5000  # not cut to this call's 100 s
+    assert enqueue(r, [push], is_transactional_fsynced=False).duplicates == ["login-1"]
+    assert DEFAULT_RETENTION_SECONDS - 100 < r.ttl(key) <= DEFAULT_RETENTION_SECONDS
+    assert [s["status"] for s in status_trail(r, "a", "login-1")] == ["queued", "sent"]
+    assert r.xlen(keys.outbox_stream("a", "transactional")) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ import websockets
 
 from pipeline import keys, tenants
 from pipeline.delivery import DeliveryWorker
-from pipeline.outbox import Push, enqueue
+from pipeline.outbox import Push, enqueue, inbox_frame
 from pipeline.receipts import status_counts
 from serving.client import InboxClient
 from serving.gateway import Gateway
@@ -106,6 +107,33 @@ def test_a_new_device_resumes_after_the_last_acked_id(redis_server, redis_client
         return [r.push_id for r in second.received]
 
     assert asyncio.run(scenario()) == ["d"]
+
+
+def test_the_gateway_sends_an_inbox_entry_as_its_frame(redis_server, redis_client, tenant):
+    tenant_id, token = tenant
+    title = 'He said "hi" \u00e9\U0001F600'
+    enqueue(redis_client, [Push(tenant_id=tenant_id, push_id="p1", user_id="u1",
+                                lane="transactional", title=title, body="b",
+                                data={"k": "a\nb"}, campaign_id="c1",
+                                enqueued_at=1700000000.25)])
+    assert drain(DeliveryWorker(redis_client, [tenant_id], consumer="w1")) == 1
+    [(entry_id, fields)] = redis_client.xrange(keys.inbox_stream(tenant_id, "u1"))
+
+    async def scenario() -> str:
+        gateway = Gateway(redis_server.url)
+        await gateway.start()
+        try:
+            async with websockets.connect(f"{gateway.url}?token={token}") as ws:
+                return str(await asyncio.wait_for(ws.recv(), timeout=15))
+        finally:
+            await gateway.stop()
+
+    frame = asyncio.run(scenario())
+
+    assert frame == inbox_frame(entry_id, fields)
+    assert json.loads(frame) == {"id": entry_id, "push_id": "p1", "title": title, "body": "b",
+                                 "data": {"k": "a\nb"}, "campaign_id": "c1",
+                                 "enqueued_at": 1700000000.25}
 
 
 def test_a_bad_token_is_refused_with_4401(redis_server, tenant):

@@ -243,7 +243,7 @@ def test_killing_the_primary_loses_no_acknowledged_transactional_push(
                 time.sleep(0.05)
         i += 1
         if first_after_kill and resumed_after_s is None:
-            status = producer.hget(keys.push_status(tenant_id, first_after_kill[0]), "status")
+            [status] = receipts.current_statuses(producer, tenant_id, [first_after_kill[0]])
             if status == "delivered":
                 resumed_after_s = time.monotonic() - (killed_at or 0)
         if resumed_after_s is not None and tx_after_kill >= 20:
@@ -267,10 +267,7 @@ def test_killing_the_primary_loses_no_acknowledged_transactional_push(
         "resume_transactional_acks_s": round(tx_resumed_s, 2),
     }
     for lane, ids in acked.items():
-        pipe = producer.pipeline(transaction=False)
-        for push_id in ids:
-            pipe.hget(keys.push_status(tenant_id, push_id), "status")
-        statuses = pipe.execute()
+        statuses = receipts.current_statuses(producer, tenant_id, ids)
         figures[lane] = {
             "acknowledged": len(ids),
             "refused_during_failover": refused[lane],

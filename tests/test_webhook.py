@@ -14,7 +14,7 @@ from pipeline import keys, tenants
 from pipeline.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookChannel, verify
 from pipeline.delivery import DeliveryWorker
 from pipeline.outbox import Push, enqueue
-from pipeline.receipts import status_counts, status_trail
+from pipeline.receipts import DEFAULT_RETENTION_SECONDS, status_counts, status_trail
 
 
 class Endpoint:
@@ -94,6 +94,60 @@ def test_a_webhook_carries_a_signature_that_verifies_with_the_tenant_secret(
     assert trail[-1]["http_status"] == 200
 
 
+@pytest.mark.parametrize("written_by", ["this version", "a version before 0.2"])
+def test_the_webhook_body_is_the_push_with_its_ids_however_its_entry_was_written(
+    redis_client, tenant_id, endpoint, written_by
+):
+    title = 'He said "hi" \u00e9\U0001F600'
+    worker = worker_for(redis_client, tenant_id)
+    if written_by == "this version":
+        enqueue(redis_client, [Push(tenant_id=tenant_id, push_id="p1", user_id="u1",
+                                    channel="webhook", lane="transactional", title=title,
+                                    body="b", data={"k": "a\nb"}, campaign_id="c1",
+                                    enqueued_at=1700000000.25)])
+    else:
+        assert worker.deliver_once() == 0  # the group exists before the old entry arrives
+        status_key = keys.push_status(tenant_id, "p1")
+        redis_client.hset(status_key, mapping={"user_id": "u1", "n": 1, "status": "queued",
+                                               "trail:queued": "1|1700000000.25|"})
+        redis_client.expire(status_key, 300)
+        redis_client.xadd(keys.outbox_stream(tenant_id, "transactional"), {
+            "push_id": "p1", "user_id": "u1", "channel": "webhook", "campaign_id": "c1",
+            "title": title, "body": "b", "data": '{"k":"a\\nb"}',
+            "enqueued_at": "1700000000.25"})
+
+    assert worker.deliver_once() == 1
+
+    [(headers, body)] = endpoint.requests
+    assert json.loads(body) == {"push_id": "p1", "user_id": "u1", "title": title, "body": "b",
+                                "data": {"k": "a\nb"}, "campaign_id": "c1",
+                                "enqueued_at": 1700000000.25}
+    assert headers["X-Pushpilot-Push-Id"] == "p1"
+    assert [e["status"] for e in status_trail(redis_client, tenant_id, "p1")] == [
+        "queued", "delivered"]
+    assert worker.deliver_once() == 0 and len(endpoint.requests) == 1
+
+
+def test_a_webhook_push_whose_legacy_record_says_delivered_is_not_sent_again(
+    redis_client, tenant_id, endpoint
+):
+    worker = worker_for(redis_client, tenant_id)
+    enqueue(redis_client, [push(tenant_id, "p1")])
+    status_key = keys.push_status(tenant_id, "p1")
+    redis_client.delete(status_key)  # as a version before 0.2 left it: delivered, not acked
+    redis_client.hset(status_key, mapping={
+        "user_id": "u1", "n": 2, "status": "delivered", "trail:queued": "1|1700000000.25|",
+        "trail:delivered": '2|1700000001.5|{"http_status":200}'})
+    redis_client.expire(status_key, 300)
+
+    assert worker.deliver_once() == 1
+
+    assert endpoint.requests == []
+    assert [e["status"] for e in status_trail(redis_client, tenant_id, "p1")] == [
+        "queued", "delivered"]
+    assert worker.deliver_once() == 0
+
+
 @pytest.mark.parametrize("failure", [503, "timeout"])
 def test_a_5xx_or_a_timeout_is_retried_until_it_is_delivered(redis_client, tenant_id, endpoint,
                                                              failure):
@@ -105,7 +159,10 @@ def test_a_5xx_or_a_timeout_is_retried_until_it_is_delivered(redis_client, tenan
 
     assert len(endpoint.requests) == 3
     assert status_trail(redis_client, tenant_id, "p1")[-1]["status"] == "delivered"
-    assert redis_client.hget(keys.push_status(tenant_id, "p1"), "tries") == "2"
+    retry_key = keys.push_retry(tenant_id, "p1")
+    assert redis_client.hget(retry_key, "tries") == "2"
+    assert redis_client.hget(retry_key, "retry_at") is None  # delivered: nothing to wait for
+    assert 0 < redis_client.ttl(retry_key) <= DEFAULT_RETENTION_SECONDS
     assert redis_client.xlen(keys.dead_letter_stream(tenant_id)) == 0
 
 

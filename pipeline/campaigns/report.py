@@ -16,6 +16,7 @@ from pipeline.campaigns.lift import difference_interval
 from pipeline.campaigns.runner import push_id_for
 from pipeline.campaigns.spec import CampaignSpec
 from pipeline.campaigns.store import run_record
+from pipeline.receipts import status_trails
 
 __all__ = ["run_arms", "conversions_from_events", "conversions_from_stream", "run_report"]
 
@@ -66,16 +67,13 @@ def _receipts(r: redis.Redis, tenant_id: str, campaign_id: str, run_id: str,
               users: list[str]) -> Counter[str]:
     counts: Counter[str] = Counter()
     for start in range(0, len(users), _CHUNK):
-        pipe = r.pipeline(transaction=False)
-        for user_id in users[start : start + _CHUNK]:
-            pipe.hmget(keys.push_status(tenant_id, push_id_for(campaign_id, run_id, user_id)),
-                       "trail:queued", "trail:delivered", "trail:opened", "trail:acked")
-        for queued, delivered, opened, acked in pipe.execute():
-            counts["queued"] += queued is not None
-            counts["delivered"] += delivered is not None
-            counts["opened"] += opened is not None
-            counts["acked"] += acked is not None
-            counts["opened_or_acked"] += opened is not None or acked is not None
+        push_ids = [push_id_for(campaign_id, run_id, user_id)
+                    for user_id in users[start : start + _CHUNK]]
+        for trail in status_trails(r, tenant_id, push_ids):
+            reached = {entry["status"] for entry in trail or ()}
+            for status in ("queued", "delivered", "opened", "acked"):
+                counts[status] += status in reached
+            counts["opened_or_acked"] += bool({"opened", "acked"} & reached)
     return counts
 
 

@@ -22,6 +22,7 @@ import redis
 from pipeline import tenants
 from pipeline.channels import SendResult
 from pipeline.errors import UnknownTenantError
+from pipeline.outbox import entry_content
 
 __all__ = ["WebhookChannel", "sign", "verify", "SIGNATURE_HEADER", "TIMESTAMP_HEADER"]
 
@@ -94,13 +95,9 @@ class WebhookChannel:
         return url, secret
 
     def _post(self, url: str, secret: bytes, push: Mapping[str, str]) -> SendResult:
-        body = json.dumps({
-            "push_id": push["push_id"], "user_id": push["user_id"],
-            "title": push.get("title", ""), "body": push.get("body", ""),
-            "data": json.loads(push.get("data") or "{}"),
-            "campaign_id": push.get("campaign_id", ""),
-            "enqueued_at": float(push.get("enqueued_at") or 0),
-        }, separators=(",", ":")).encode()
+        content = entry_content(push)
+        del content["channel"]
+        body = json.dumps(content, separators=(",", ":")).encode()
         timestamp = str(int(self._clock()))
         headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
                    SIGNATURE_HEADER: sign(secret, timestamp, body),
