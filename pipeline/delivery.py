@@ -1,7 +1,7 @@
 """Delivery workers: read the outboxes as one consumer group and deliver each push.
 
 At least once inside, exactly once at the user: an entry is acknowledged in the same Lua script
-that delivers it, and a push whose status record already holds an inbox id is only acknowledged,
+that delivers it, and a push whose status record already says delivered is only acknowledged,
 so an entry claimed again from a dead worker (``XAUTOCLAIM``) never reaches the inbox twice.
 Each pass serves the tenants in turn (weighted round robin: ``batch`` times the plan's
 ``delivery_weight`` new entries per tenant at most), transactional lanes before marketing ones, so
@@ -168,6 +168,7 @@ if redis.call('TYPE', KEYS[1]).ok == 'hash' then
   for i, name in ipairs({'tries', 'retry_at', 'last_error'}) do
     if old[i] then redis.call('HSET', KEYS[5], name, old[i]) end
   end
+  if old[1] or old[2] or old[3] then redis.call('EXPIRE', KEYS[5], ARGV[3]) end
 end
 if not has_status(load_record(KEYS[1]), 'dead') then
   local retry_at = redis.call('HGET', KEYS[5], 'retry_at')
@@ -327,8 +328,10 @@ for i = 1, 2 do
             and redis.call('XPENDING', KEYS[i + 1], group)[1] == 0 then
           -- Every entry up to the group's last read one is done or pending, and none is
           -- pending: one trim drops them all, much cheaper than deleting them one by one.
-          local ms, seq = string.match(entries[#entries][1], '^(%d+)-(%d+)$')
-          redis.call('XTRIM', KEYS[i + 1], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
+          -- (MINID keeps the id it names, so that one goes with XDEL.)
+          local last = entries[#entries][1]
+          redis.call('XTRIM', KEYS[i + 1], 'MINID', last)
+          redis.call('XDEL', KEYS[i + 1], last)
         elseif #done > 0 then
           redis.call('XDEL', KEYS[i + 1], unpack(done))
         end
@@ -755,11 +758,15 @@ class DeliveryWorker:
         for item, record, retry_at in zip(items, replies[::2], replies[1::2], strict=True):
             if isinstance(retry_at, Exception):
                 raise retry_at
-            if isinstance(record, str):
-                statuses = {line.split("|", 1)[0] for line in record.split("\n")}
-            else:  # an older version's hash record, say
-                trail = receipts.status_trail(self.r, tenant_id, item[3][1]["push_id"])
+            if record is None or isinstance(record, str):
+                statuses = {line.split("|", 1)[0] for line in (record or "").split("\n")}
+            else:  # a hash record of a version before 0.2: its retry state is in it too
+                push_id = item[3][1]["push_id"]
+                trail = receipts.status_trail(self.r, tenant_id, push_id)
                 statuses = {entry["status"] for entry in trail or ()}
+                with contextlib.suppress(redis.ResponseError):  # converted meanwhile
+                    retry_at = retry_at or self.r.hget(keys.push_status(tenant_id, push_id),
+                                                       "retry_at")
             if {"delivered", "dead"} & statuses:
                 calls.append((_ACK_ONLY, [item[2]], [item[3][0]]))
             elif retry_at is None or float(retry_at) <= now:

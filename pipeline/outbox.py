@@ -165,8 +165,14 @@ for i = 1, #KEYS - 4 do
   -- unless the id's record lives (a duplicate).
   elseif redis.call('SET', status_key, queued, 'NX', 'EX', retention) then
     code = 1
-    redis.call('XADD', KEYS[1], '*', 'push_id', ARGV[a + 1], 'user_id', ARGV[a + 2],
-      'channel', ARGV[a + 3], 'm', ARGV[a + 4])
+    local added = redis.pcall('XADD', KEYS[1], '*', 'push_id', ARGV[a + 1],
+      'user_id', ARGV[a + 2], 'channel', ARGV[a + 3], 'm', ARGV[a + 4])
+    if type(added) == 'table' and added.err then
+      -- No entry, so no guard either: the caller's retry must not come back a duplicate.
+      redis.call('DEL', status_key)
+      if accepted > 0 then redis.call('HINCRBY', KEYS[2], 'queued', accepted) end
+      return redis.error_reply('outbox ' .. KEYS[1] .. ': ' .. added.err)
+    end
     backlog = backlog + 1
     accepted = accepted + 1
   else
@@ -175,7 +181,8 @@ for i = 1, #KEYS - 4 do
   if code == 0 and lane == 'transactional' then
     -- A retried transactional push writes this, so the WAIT after it covers the original
     -- write too (replication is ordered) and a retry is acknowledged only once it is safe.
-    -- PEXPIRE always writes; it never shortens the record's life.
+    -- PEXPIRE always writes; it never shortens a TTL, and the guard lives on for the
+    -- retention from this attempt.
     redis.call('PEXPIRE', status_key,
       math.max(redis.call('PTTL', status_key), tonumber(retention) * 1000))
   end

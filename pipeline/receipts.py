@@ -68,9 +68,11 @@ local function load_record(status_key)
   table.sort(trail, function(a, b) return a[1] < b[1] end)
   local lines = {}
   for _, pair in ipairs(trail) do lines[#lines + 1] = pair[2] end
+  -- A hash without a trail (an old webhook retry state) still guards its id: it stays as it is
+  -- until the first status, whose write replaces it.
+  if #lines == 0 then return false end
   local ttl = redis.call('PTTL', status_key)
   redis.call('DEL', status_key)
-  if #lines == 0 then return false end
   record = table.concat(lines, '\\n')
   redis.call('SET', status_key, record)
   if ttl > 0 then redis.call('PEXPIRE', status_key, ttl) end
@@ -273,14 +275,20 @@ def status_trail(r: redis.Redis, tenant_id: str, push_id: str) -> list[dict[str,
 
 
 def parse_trail(record: str) -> list[dict[str, Any]]:
-    """A status record's trail, as ``status_trail`` returns it."""
+    """A status record's trail, as ``status_trail`` returns it; a damaged line is logged and
+    left out rather than hiding the rest."""
     trail = []
     for line in record.split("\n"):
-        status, at, extra = line.split("|", 2)
-        entry: dict[str, Any] = {"status": status, "at": float(at)}
-        if extra:
-            entry.update(json.loads(extra))
-        trail.append(entry)
+        if not line:
+            continue
+        try:
+            status, at, extra = line.split("|", 2)
+            fields = json.loads(extra) if extra else {}
+            if not isinstance(fields, dict):
+                raise ValueError("the extra fields are not an object")
+            trail.append({**fields, "status": status, "at": float(at)})
+        except ValueError as e:
+            log.warning("skipping a damaged status line %r: %s", line[:200], e)
     return trail
 
 

@@ -12,7 +12,14 @@ import redis
 from pipeline import keys
 from pipeline.delivery import GROUP, DeliveryWorker
 from pipeline.errors import InvalidInputError
-from pipeline.outbox import MAX_PAYLOAD_BYTES, Push, enqueue, inbox_frame, make_push_id
+from pipeline.outbox import (
+    MAX_PAYLOAD_BYTES,
+    Push,
+    enqueue,
+    inbox_frame,
+    make_push_id,
+    message,
+)
 from pipeline.receipts import (
     DEFAULT_RETENTION_SECONDS,
     current_statuses,
@@ -115,6 +122,60 @@ def test_enqueue_twice_adds_one_outbox_entry_and_reports_the_duplicate(r):
                                        "enqueued_at": pytest.approx(time.time(), abs=60)}
     assert [e["status"] for e in status_trail(r, "a", "p1")] == ["queued"]
     assert status_counts(r, "a")["queued"] == 1
+
+
+def test_an_enqueue_whose_outbox_write_fails_leaves_no_guard_so_its_retry_is_accepted(r):
+    outbox = keys.outbox_stream("a", "marketing")
+    r.set(outbox, "not a stream")  # a key some bug clobbered
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        enqueue(r, pushes("a", 1))
+
+    assert status_trail(r, "a", "p0") is None  # not remembered as queued: it was not
+    r.delete(outbox)
+    result = enqueue(r, pushes("a", 1))
+    assert (result.accepted, result.duplicates) == (["p0"], [])
+    assert r.xlen(outbox) == 1
+
+
+def test_a_legacy_hash_without_a_trail_still_guards_its_id(r):
+    status_key = keys.push_status("a", "p0")
+    r.hset(status_key, mapping={"tries": "2", "last_error": "HTTP 503"})  # as 0.1's _FAIL left it
+    r.expire(status_key, 300)
+
+    assert mark(r, "a", "p0", "acked") is False  # unknown, and left as it is
+    assert enqueue(r, pushes("a", 1)).duplicates == ["p0"]
+    assert r.type(status_key) == "hash" and 0 < r.ttl(status_key) <= 300
+
+
+def test_entries_with_ids_of_any_size_are_delivered_once_and_dropped(r):
+    worker = DeliveryWorker(r, ["a"], consumer="w1")
+    assert worker.deliver_once() == 0  # the group exists before the entries arrive
+    outbox = keys.outbox_stream("a", "marketing")
+    big = 2**53 + 5  # past a double's integers, where Lua's arithmetic would round it
+    for i, entry_id in enumerate([f"5-{10**14 - 1}", f"5-{big}", f"6-{2**64 - 1}"]):
+        push = Push(tenant_id="a", push_id=f"p{i}", user_id="u0", title=f"t{i}")
+        r.set(keys.push_status("a", f"p{i}"), "queued|1700000000.0|", ex=300)
+        r.xadd(outbox, {"push_id": push.push_id, "user_id": "u0", "channel": "inbox",
+                        "m": message(push, 1700000000.0)}, id=entry_id)
+
+    assert drain(worker) == 3
+
+    assert inbox_push_ids(r, "a", "u0") == ["p0", "p1", "p2"]
+    assert r.xlen(outbox) == 0 and pending(r, "a") == 0
+    assert status_counts(r, "a")["delivered"] == 3
+
+
+def test_a_damaged_trail_line_is_left_out_and_extras_cannot_rename_a_status(r):
+    r.set(keys.push_status("a", "p0"), "queued|1700000000.0|\ngarbage\n"
+          'delivered|1700000001.0|{"status":"dead","at":0,"inbox_id":"1-0"}\n'
+          "opened|1700000002.0|[1]")
+
+    trail = status_trail(r, "a", "p0")
+
+    assert trail == [{"status": "queued", "at": 1700000000.0},
+                     {"status": "delivered", "at": 1700000001.0, "inbox_id": "1-0"}]
+    assert current_statuses(r, "a", ["p0"]) == ["delivered"]
 
 
 def test_a_repeated_id_within_one_call_is_a_duplicate(r):
