@@ -162,8 +162,9 @@ return #entry_ids
 #       entry JSON, is_permanent ('1': dead now, whatever the tries)
 # Returns -1 while the push waits out its backoff, 0 when it will be retried, 1 when dead.
 _FAIL = StatusScript("""
-if redis.call('TYPE', KEYS[1]).ok == 'hash' then
-  -- A record from before 0.2 kept the retry state in itself: carry it over, then convert.
+if redis.call('TYPE', KEYS[1]).ok == 'hash' and redis.call('EXISTS', KEYS[5]) == 0 then
+  -- A record from before 0.2 kept the retry state in itself: carry it over, once (a hash
+  -- without a trail stays a hash until the push ends).
   local old = redis.call('HMGET', KEYS[1], 'tries', 'retry_at', 'last_error')
   for i, name in ipairs({'tries', 'retry_at', 'last_error'}) do
     if old[i] then redis.call('HSET', KEYS[5], name, old[i]) end

@@ -321,11 +321,12 @@ def _legacy_trail(record: dict[str, str]) -> list[dict[str, Any]] | None:
     for name, value in record.items():
         if not name.startswith("trail:"):
             continue
-        seq, at, extra = value.split("|", 2)
-        entry: dict[str, Any] = {"status": name.removeprefix("trail:"), "at": float(at)}
-        if extra:
-            entry.update(json.loads(extra))
-        trail.append((int(seq), entry))
+        try:
+            seq, line = value.split("|", 1)
+            [entry] = parse_trail(f"{name.removeprefix('trail:')}|{line}")
+            trail.append((int(seq), entry))
+        except ValueError as e:  # parse_trail logged a damaged line; this is a damaged seq
+            log.warning("skipping a damaged legacy status field %r: %s", name, e)
     return [entry for _, entry in sorted(trail, key=lambda pair: pair[0])] or None
 
 

@@ -666,7 +666,7 @@ class Api:
             trail = receipts.status_trail(self._r, key.tenant_id, push_id)
         except ValueError:
             trail = None
-        if trail is None:
+        if not trail:  # unknown, or a record none of whose lines could be read
             raise _not_found("push")
         return {"push_id": push_id, "status": trail[-1]["status"], "trail": trail}
 

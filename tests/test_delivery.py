@@ -456,6 +456,26 @@ def test_a_legacy_records_retry_state_is_carried_over_not_restarted(r):
     assert r.type(keys.push_status("a", "p0")) == "string"
 
 
+def test_a_webhook_push_whose_legacy_hash_has_no_trail_still_dies_after_max_tries(r):
+    enqueue(r, pushes("a", 1, channel="webhook"))
+    status_key = keys.push_status("a", "p0")
+    r.delete(status_key)  # as 0.1's _FAIL left a record that had expired: retry state only
+    r.hset(status_key, mapping={"tries": "2", "retry_at": "0", "last_error": "HTTP 503"})
+    r.expire(status_key, 300)
+    clock = [time.time()]
+    worker = DeliveryWorker(r, ["a"], consumer="w1", claim_idle_ms=0, max_tries=5,
+                            retry_base_ms=1, channels={}, clock=lambda: clock[0])
+
+    for _ in range(10):
+        clock[0] += 10
+        worker.deliver_once()
+
+    [(_, letter)] = r.xrange(keys.dead_letter_stream("a"))
+    assert letter["tries"] == "5"  # 2 from before the upgrade, then 3 more
+    assert [e["status"] for e in status_trail(r, "a", "p0")] == ["dead"]
+    assert 0 < r.ttl(status_key) and pending(r, "a") == 0
+
+
 def test_a_malformed_outbox_entry_is_dead_lettered_at_once(r):
     stream = keys.outbox_stream("a", "marketing")
     r.xadd(stream, {"user_id": "u1", "channel": "inbox"})

@@ -426,6 +426,18 @@ def test_push_is_idempotent_and_its_trail_is_private(world: World) -> None:
     assert _get(world, f"/v1/pushes/{push_id}", world.key_b).status_code == 404
 
 
+def test_a_push_whose_record_cannot_be_read_is_not_found_not_an_error(
+    world: World, redis_server: EmbeddedRedis
+) -> None:
+    r = connect(redis_server.url)
+    r.set(keys.push_status(world.tenant_a, "damaged-1"), "not a status line", ex=60)
+    r.close()
+
+    response = _get(world, "/v1/pushes/damaged-1", world.key_a)
+
+    assert response.status_code == 404
+
+
 def test_connected_client_receives_a_transactional_push_and_acks_it(
     world: World, redis_server: EmbeddedRedis
 ) -> None:
