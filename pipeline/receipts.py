@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ __all__ = [
     "NotDurableError",
     "mark_many",
     "mark",
+    "InboxAck",
+    "ack_inbox",
+    "is_entry_id",
     "status_trail",
     "parse_trail",
     "status_trails",
@@ -254,6 +258,102 @@ def mark_many(
             raise result
         marked += int(result)
     return marked
+
+
+_ENTRY_ID = re.compile(r"\d{1,19}-\d{1,19}")
+
+
+def is_entry_id(value: object) -> bool:
+    """Whether `value` is a stream entry id (``<ms>-<seq>``), the only cursor a device may set."""
+    return isinstance(value, str) and _ENTRY_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxAck:
+    """A device's ``{"ack": entry_id, "push_id": push_id}`` on the inbox socket of `user_id`."""
+
+    user_id: str
+    entry_id: str
+    push_id: str = ""
+
+
+# An ack counts only for an entry of the acking user's own inbox, and marks only the push that
+# entry carries: a device cannot ack another user's push, nor set its cursor to an id that is not
+# in its inbox. The cursor only moves forward.
+# KEYS: counts, then per ack: inbox stream, cursor, status; ARGV: now, retention, then per ack:
+# entry id, push id. Returns {cursors moved, pushes newly acked}.
+_ACK_INBOX_SCRIPT = StatusScript("""
+local function later(a, b)  -- whether stream id a comes after b (b unreadable: yes)
+  local bms, bseq = string.match(b or '', '^(%d+)-(%d+)$')
+  if not bms then return true end
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  return ams > bms or (ams == bms and tonumber(aseq) > tonumber(bseq))
+end
+local moved, acked = 0, 0
+for i = 2, #KEYS, 3 do
+  local n = (i - 2) / 3
+  local entry_id, push_id = ARGV[3 + 2 * n], ARGV[4 + 2 * n]
+  local entry = redis.call('XRANGE', KEYS[i], entry_id, entry_id)
+  if #entry == 1 then
+    if later(entry_id, redis.call('GET', KEYS[i + 1])) then
+      redis.call('SET', KEYS[i + 1], entry_id)
+      moved = moved + 1
+    end
+    local fields = entry[1][2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'push_id' and push_id ~= '' and fields[j + 1] == push_id
+          and load_record(KEYS[i + 2]) then
+        acked = acked + mark(KEYS[i + 2], KEYS[1], 'acked', ARGV[1], '')
+        retain(KEYS[i + 2], ARGV[2])
+      end
+    end
+  end
+end
+return {moved, acked}
+""")
+
+
+def ack_inbox(
+    r: redis.Redis,
+    tenant_id: str,
+    acks: Sequence[InboxAck],
+    *,
+    at: float | None = None,
+    retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+) -> tuple[int, int]:
+    """Apply devices' acks of one tenant: (cursors moved, pushes newly marked acked).
+
+    An ack whose entry id is not an entry of that user's inbox, or whose push id is not the
+    push that entry carries, changes nothing (a device acks only its own pushes). Acks that
+    cannot name a key at all are dropped here; a script call per 300.
+    """
+    at = time.time() if at is None else at
+    call_keys: list[str] = []
+    call_args: list[str] = []
+    for ack in acks:
+        if not is_entry_id(ack.entry_id):
+            continue
+        try:
+            named = [keys.inbox_stream(tenant_id, ack.user_id),
+                     keys.inbox_cursor(tenant_id, ack.user_id),
+                     keys.push_status(tenant_id, ack.push_id or "-")]
+        except ValueError:
+            continue
+        call_keys += named
+        call_args += [ack.entry_id, ack.push_id]
+    calls: list[ScriptCall] = [
+        (_ACK_INBOX_SCRIPT, [keys.status_counts(tenant_id), *call_keys[start : start + 900]],
+         [repr(at), retention_seconds, *call_args[start // 3 * 2 : (start + 900) // 3 * 2]])
+        for start in range(0, len(call_keys), 900)
+    ]
+    moved = acked = 0
+    for result in run_scripts(r, calls):
+        if isinstance(result, Exception):
+            raise result
+        moved += int(result[0])
+        acked += int(result[1])
+    return moved, acked
 
 
 def status_trail(r: redis.Redis, tenant_id: str, push_id: str) -> list[dict[str, Any]] | None:

@@ -119,12 +119,23 @@ def user_token(
     user: Annotated[str, typer.Option(help="User id the token opens the inbox of.")],
     ttl_seconds: Annotated[int, typer.Option(min=60)] = 3600,
 ) -> None:
-    """Issue a user token for the realtime inbox (what the tenant's backend gives its app)."""
+    """Issue a user token for the realtime inbox (what the tenant's backend gives its app).
+
+    The user id is screened as the API screens it: a PII-shaped id is refused, or under the
+    policy's `user_ids: pseudonymize` the token opens the inbox of its pseudonym (stderr says so).
+    """
     from pipeline import tenants
+    from pipeline.privacy import tenant_policy
+    from pipeline.privacy.edge import EdgeScreen
 
     with _redis() as r:
         secret = tenants.tenant_secret(r, name)  # type: ignore[arg-type]
-    typer.echo(tenants.issue_user_token(secret, name, user, ttl_seconds))
+        policy = tenant_policy(r, name)
+    stored = EdgeScreen().user_id(user, policy, secret, "--user")
+    if stored != user:
+        typer.echo(f"the user id holds personal data; the token opens the inbox of {stored}",
+                   err=True)
+    typer.echo(tenants.issue_user_token(secret, name, stored, ttl_seconds))
 
 
 # --- data ----------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 It speaks what the ``/v1/inbox`` route of the HTTP API speaks: ``ws://host:port/v1/inbox?token=
 <user token>[&last_id=<entry id>]``; each inbox entry goes out as one JSON text frame with its
-``id``; the device answers ``{"ack": <id>, "push_id": <push>}``. Unlike the route, it holds no
+``id``; the device answers ``{"ack": <id>, "push_id": <push>}``, which counts only when that id
+is an entry of the device's own inbox carrying that push (``receipts.ack_inbox``). Unlike the
+route, it holds no
 Redis connection per device: one pub/sub connection per gateway listens to the tenants'
 ``keys.inbox_channel`` (subscribed when a tenant's first device connects) and wakes the
 connections of the announced users, which then read the user's inbox from their cursor. A device
@@ -59,8 +61,8 @@ class Gateway:
         self._ready: dict[str, asyncio.Event] = {}  # tenant -> its channel is subscribed
         self._to_subscribe: asyncio.Queue[str] = asyncio.Queue()
         self._channels: dict[str, str] = {}  # channel -> tenant
-        self._acked: dict[str, list[str]] = defaultdict(list)  # tenant -> push ids
-        self._cursors: dict[str, str] = {}  # cursor key -> entry id
+        # tenant -> the acks its devices sent since the last flush
+        self._acks: dict[str, list[receipts.InboxAck]] = defaultdict(list)
         self._reads: list[tuple[str, str, asyncio.Future[Any]]] = []
 
     @property
@@ -133,8 +135,11 @@ class Gateway:
             await ws.close(4401, str(e)[:120])
             return
         stream = keys.inbox_stream(tenant_id, user_id)
-        cursor = (query.get("last_id")
-                  or await self._ar.get(keys.inbox_cursor(tenant_id, user_id)) or "0-0")
+        last_id = query.get("last_id")
+        if last_id is not None and not receipts.is_entry_id(last_id):
+            await ws.close(4400, "last_id must be an inbox entry id like 1712345678901-0")
+            return
+        cursor = last_id or await self._stored_cursor(tenant_id, user_id)
         wake = asyncio.Event()
         self._waiters[tenant_id, user_id].add(wake)
         acks = asyncio.create_task(self._read_acks(ws, tenant_id, user_id, wake))
@@ -155,6 +160,9 @@ class Gateway:
                         await asyncio.wait_for(wake.wait(), _RECHECK_SECONDS)
         except ConnectionClosed:
             pass
+        except redis.RedisError as e:
+            log.warning("inbox of a %s user closed: %s", tenant_id, e)
+            await ws.close(1011, "the inbox store is unavailable; reconnect in a few seconds")
         finally:
             acks.cancel()
             waiters = self._waiters[tenant_id, user_id]
@@ -162,10 +170,16 @@ class Gateway:
             if not waiters:
                 del self._waiters[tenant_id, user_id]
 
+    async def _stored_cursor(self, tenant_id: str, user_id: str) -> str:
+        """Where the user's devices left off; one unreadable (stored before acks were checked)
+        means from the start: a push twice rather than none."""
+        assert self._ar is not None
+        stored = await self._ar.get(keys.inbox_cursor(tenant_id, user_id))
+        return stored if receipts.is_entry_id(stored) else "0-0"
+
     async def _read_acks(
         self, ws: ServerConnection, tenant_id: str, user_id: str, wake: asyncio.Event
     ) -> None:
-        cursor_key = keys.inbox_cursor(tenant_id, user_id)
         try:
             async for raw in ws:
                 try:
@@ -175,10 +189,9 @@ class Gateway:
                 if not isinstance(message, dict):
                     continue
                 entry_id, push_id = message.get("ack"), message.get("push_id")
-                if isinstance(entry_id, str):
-                    self._cursors[cursor_key] = entry_id
-                if isinstance(push_id, str) and push_id:
-                    self._acked[tenant_id].append(push_id)
+                if receipts.is_entry_id(entry_id):
+                    self._acks[tenant_id].append(receipts.InboxAck(
+                        user_id, entry_id, push_id if isinstance(push_id, str) else ""))
         except ConnectionClosed:
             pass
         finally:
@@ -271,24 +284,17 @@ class Gateway:
                 log.exception("could not record acks; keeping them for the next flush")
 
     async def _flush_acks(self) -> None:
-        assert self._ar is not None and self._r is not None
-        cursors, self._cursors = self._cursors, {}
-        acked, self._acked = self._acked, defaultdict(list)
+        assert self._r is not None
+        pending, self._acks = self._acks, defaultdict(list)
         try:
-            if cursors:
-                pipe = self._ar.pipeline(transaction=False)
-                for key, entry_id in cursors.items():
-                    pipe.set(key, entry_id)
-                await pipe.execute()
-            while acked:
-                tenant_id, push_ids = next(iter(acked.items()))
-                with contextlib.suppress(ValueError):  # a push id no status key can hold
-                    await asyncio.to_thread(receipts.mark_many, self._r, tenant_id, push_ids,
-                                            "acked")
-                del acked[tenant_id]
+            while pending:
+                tenant_id, acks = next(iter(pending.items()))
+                # Checked against each user's own inbox, in the script (receipts.ack_inbox).
+                await asyncio.to_thread(receipts.ack_inbox, self._r, tenant_id, acks)
+                del pending[tenant_id]
         except redis.RedisError:
-            # Keep what was not written for the next flush; newer cursors win.
-            self._cursors = {**cursors, **self._cursors}
-            for tenant_id, push_ids in acked.items():
-                self._acked[tenant_id][:0] = push_ids
+            # Keep what was not written for the next flush (the cursor only moves forward,
+            # so the order does not matter).
+            for tenant_id, acks in pending.items():
+                self._acks[tenant_id][:0] = acks
             raise

@@ -34,8 +34,19 @@ def load_policy(r: redis.Redis, tenant_id: str) -> PrivacyPolicy | None:
     raw = r.get(keys.privacy_policy(tenant_id))
     if raw is None:
         return None
+    return _policy_from_json(raw)
+
+
+def _policy_from_json(raw: str | bytes) -> PrivacyPolicy:
     data = json.loads(raw)
-    return PrivacyPolicy(operators=data["operators"], default_operator=data["default_operator"])
+    # Policies stored before the HTTP-edge fields existed get those fields' defaults.
+    return PrivacyPolicy(
+        operators=data["operators"],
+        default_operator=data["default_operator"],
+        user_ids=data.get("user_ids", "reject"),
+        push_operators=data.get("push_operators", {}),
+        push_default_operator=data.get("push_default_operator", "keep"),
+    )
 
 
 def tenant_policy(r: redis.Redis, tenant_id: str) -> PrivacyPolicy:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from presidio_analyzer import AnalyzerEngine, RecognizerResult
+from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerResult
+from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
 from pipeline.errors import InvalidInputError
 from pipeline.privacy.analyzer import build_analyzer
@@ -17,7 +18,16 @@ from pipeline.privacy.policy import PrivacyPolicy
 if TYPE_CHECKING:
     from pipeline.privacy.pool import TextAnalyzerPool
 
-__all__ = ["Span", "anonymize_texts", "find_entities", "find_entities_batch", "replacement"]
+__all__ = [
+    "Span",
+    "anonymize_texts",
+    "find_entities",
+    "find_entities_batch",
+    "find_pattern_entities",
+    "language_for",
+    "pattern_entity_types",
+    "replacement",
+]
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -86,7 +96,9 @@ def _non_overlapping(results: list[RecognizerResult]) -> list[RecognizerResult]:
     return sorted(kept, key=lambda r: r.start)
 
 
-def _language_for(text: str, language: str, supported: list[str]) -> str:
+def language_for(text: str, language: str, supported: list[str]) -> str:
+    """The language to analyse `text` in: Chinese when it has Chinese characters and "zh" is
+    supported, else `language`."""
     if language != "zh" and "zh" in supported and _CJK.search(text):
         return "zh"
     return language
@@ -100,13 +112,55 @@ def _spans(text: str, results: list[RecognizerResult]) -> list[Span]:
     ]
 
 
-def find_entities(text: str, analyzer: AnalyzerEngine, language: str = "en") -> list[Span]:
+def find_entities(
+    text: str,
+    analyzer: AnalyzerEngine,
+    language: str = "en",
+    entities: Collection[str] | None = None,
+) -> list[Span]:
     """Spans of personal data in `text`: trimmed, none overlapping, left to right.
 
     Text with Chinese characters is analysed as Chinese when the analyzer has "zh".
+    `entities` narrows the search to those types (None: all).
     """
-    lang = _language_for(text, language, analyzer.supported_languages)
-    return _spans(text, analyzer.analyze(text=text, language=lang))
+    lang = language_for(text, language, analyzer.supported_languages)
+    wanted = None if entities is None else list(entities)
+    return _spans(text, analyzer.analyze(text=text, language=lang, entities=wanted))
+
+
+def _pattern_recognizers(analyzer: AnalyzerEngine, language: str) -> list[EntityRecognizer]:
+    return [
+        r
+        for r in analyzer.registry.recognizers
+        if r.supported_language == language and not isinstance(r, SpacyRecognizer)
+    ]
+
+
+def pattern_entity_types(analyzer: AnalyzerEngine, language: str = "en") -> frozenset[str]:
+    """The entity types the analyzer finds without spaCy (patterns, phonenumbers, checksums)."""
+    return frozenset(
+        e for r in _pattern_recognizers(analyzer, language) for e in r.supported_entities
+    )
+
+
+def find_pattern_entities(
+    text: str, analyzer: AnalyzerEngine, entities: Collection[str], language: str = "en"
+) -> list[Span]:
+    """find_entities for `entities` by the analyzer's pattern recognizers alone.
+
+    spaCy does not run, so a short text costs tens of microseconds, not the NLP pipeline;
+    for the types these recognizers cover, the spans are the ones find_entities gives.
+    """
+    wanted = set(entities)
+    threshold = analyzer.default_score_threshold
+    results = [
+        result
+        for recognizer in _pattern_recognizers(analyzer, language)
+        if wanted.intersection(recognizer.supported_entities)
+        for result in recognizer.analyze(text, sorted(wanted), None)
+        if result.entity_type in wanted and result.score >= threshold
+    ]
+    return _spans(text, results)
 
 
 def find_entities_batch(
@@ -115,7 +169,7 @@ def find_entities_batch(
     """find_entities for each text, with spaCy run over batches (nlp.pipe), not text by text."""
     by_language: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
-        lang = _language_for(text, language, analyzer.supported_languages)
+        lang = language_for(text, language, analyzer.supported_languages)
         by_language.setdefault(lang, []).append(i)
     out: list[list[Span]] = [[] for _ in texts]
     for lang, positions in by_language.items():
