@@ -20,7 +20,7 @@ from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from starlette.exceptions import HTTPException
 
@@ -43,6 +43,7 @@ from pipeline.featurestore import (
     load_send_hours,
 )
 from pipeline.privacy import PrivacyPolicy, load_policy, save_policy
+from pipeline.privacy.edge import USER_ID_PATTERN, EdgeScreen
 from pipeline.redis_server import connect, connect_async
 from serving.args import ServingArgs
 from serving.scorer import ChampionLoader, TenantModel, predict_batch, reasons_for
@@ -141,9 +142,15 @@ def _render_metrics(push_counts: dict[str, dict[str, int]]) -> Response:
 
 app.add_middleware(_BodyLimitAndMetrics)
 
-_USER_ID = r"^[A-Za-z0-9_.:@-]{1,128}$"
+_USER_ID = USER_ID_PATTERN
 DEFAULT_SEND_HOUR = 19
 _KEY_CACHE_SECONDS = 5.0
+_POLICY_CACHE_SECONDS = 5.0
+_STORE_RETRY_AFTER_SECONDS = 5
+# An event from before 1970 or more than a day ahead of our clock is a client's bug, not behaviour.
+_EVENT_MAX_AHEAD_SECONDS = 86_400
+# JSON numbers only: no NaN, no Infinity (nor 1e400, which parses as infinity).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 def _problem(status: int, title: str, detail: Any = None, **extra: Any) -> JSONResponse:
@@ -180,6 +187,18 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return _problem(422, "Unprocessable Content", "the request body is invalid", errors=errors)
 
 
+@app.exception_handler(redis.ConnectionError)
+@app.exception_handler(redis.TimeoutError)
+async def _store_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+    # The store is down or restarting (an outage, a failover): nothing was changed that the
+    # client was told about, and the same request later is safe (writes here are idempotent).
+    log.warning("%s %s: the store is unavailable: %s", request.method, request.url.path,
+                type(exc).__name__)
+    return _problem(503, "Service Unavailable",
+                    "the data store is unavailable (restarting or unreachable); retry the same "
+                    "request after Retry-After seconds", retry_after=_STORE_RETRY_AFTER_SECONDS)
+
+
 @app.exception_handler(InvalidInputError)
 async def _invalid_input(request: Request, exc: InvalidInputError) -> JSONResponse:
     return _problem(422, "Unprocessable Content", str(exc),
@@ -189,7 +208,7 @@ async def _invalid_input(request: Request, exc: InvalidInputError) -> JSONRespon
 class InlineUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(pattern=_USER_ID)
-    features: dict[str, float | None]
+    features: dict[str, FiniteFloat | None]
 
 
 class ScoreRequest(BaseModel):
@@ -215,7 +234,19 @@ class Event(BaseModel):
     user_id: str = Field(pattern=_USER_ID)
     event_time: datetime
     event_type: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    value: float | None = None
+    value: FiniteFloat | None = None
+
+    @field_validator("event_time")
+    @classmethod
+    def _plausible_time(cls, value: datetime) -> datetime:
+        try:
+            at = value.timestamp()
+        except (OverflowError, OSError):
+            at = -1.0
+        if at < 0 or at > time.time() + _EVENT_MAX_AHEAD_SECONDS:
+            raise ValueError("must be after 1970-01-01 and at most a day ahead of now, "
+                             f"got {value.isoformat()}")
+        return value
 
 
 class EventsRequest(BaseModel):
@@ -272,6 +303,8 @@ class Api:
         self._ar = connect_async(args.redis_url, max_connections=20_000)
         self._seen_series: set[tuple[str, str]] = set()
         self._key_cache: dict[str, tuple[tenants.ApiKey, tenants.Plan, float]] = {}
+        self._screen = EdgeScreen()
+        self._policy_cache: dict[str, tuple[PrivacyPolicy, bytes, float]] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._feed_guard, name="guard-feed", daemon=True).start()
 
@@ -330,6 +363,25 @@ class Api:
         self._key_cache[digest] = (key, plan, now + _KEY_CACHE_SECONDS)
         return key, plan
 
+    def _privacy(self, tenant_id: str) -> tuple[PrivacyPolicy, bytes]:
+        """The tenant's policy and pseudonym secret, cached like keys: a new policy applies
+        within ``_POLICY_CACHE_SECONDS``."""
+        now = time.monotonic()
+        cached = self._policy_cache.get(tenant_id)
+        if cached is not None and cached[2] > now:
+            return cached[0], cached[1]
+        policy = load_policy(self._r, tenant_id) or PrivacyPolicy.default()
+        secret = tenants.tenant_secret(self._r, tenant_id)
+        if len(self._policy_cache) > 10_000:
+            self._policy_cache.clear()
+        self._policy_cache[tenant_id] = (policy, secret, now + _POLICY_CACHE_SECONDS)
+        return policy, secret
+
+    def _user_ids(self, tenant_id: str, user_ids: list[str], field: str) -> list[str]:
+        """The ids to store or look up: PII-shaped ones refused or pseudonymised (docs/privacy.md)."""
+        policy, secret = self._privacy(tenant_id)
+        return self._screen.user_ids(user_ids, policy, secret, field)
+
     @app.get("/v1/privacy/policy")
     def get_policy(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """The tenant's privacy policy (the default one until the tenant sets its own)."""
@@ -346,6 +398,7 @@ class Api:
         text = (await request.body()).decode("utf-8", errors="replace")
         policy = PrivacyPolicy.from_text(text, where="body")
         await asyncio.to_thread(save_policy, self._r, key.tenant_id, policy)
+        self._policy_cache.pop(key.tenant_id, None)
         return {"is_default": False, **policy.to_dict()}
 
     @app.post("/v1/campaigns", status_code=201)
@@ -474,8 +527,12 @@ class Api:
         )
 
     def check_health(self) -> None:
-        """Ray Serve's replica health check: a replica that cannot reach Redis is replaced."""
-        self._r.ping()
+        """Ray Serve's replica health check: the replica itself is fine if it answers.
+
+        Redis being unreachable is not a fault of the replica, and replacing replicas would not
+        bring it back (they restarted in a loop at 100% CPU): while it lasts, requests get 503
+        problem+json with Retry-After and /readyz says why.
+        """
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:
@@ -516,6 +573,7 @@ class Api:
     def user(self, user_id: str,
              authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         key = self._auth(authorization, "score")
+        (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
         profile = load_profile(self._r, key.tenant_id, user_id)
         features = load_features(self._r, key.tenant_id, [user_id])
         if profile is None and features.empty:
@@ -559,8 +617,9 @@ class Api:
             raise InvalidInputError("user_ids", "give either user_ids or users (inline features), "
                                     "one of them and not both")
         if request.user_ids:
+            user_ids = self._user_ids(key.tenant_id, request.user_ids, "user_ids")
             # Features and send hours in one round trip.
-            features = load_feature_matrix(self._r, key.tenant_id, request.user_ids,
+            features = load_feature_matrix(self._r, key.tenant_id, user_ids,
                                            with_send_hours=True)
             if not features.is_known.all():
                 raise HTTPException(404, f"users not found: {features.missing()[:20]}")
@@ -610,7 +669,8 @@ class Api:
             if unknown:
                 raise InvalidInputError(f"users.{i}.features", f"unknown features {unknown[:5]}; "
                                         f"the model uses {columns}")
-        user_ids = [u.user_id for u in users]
+        user_ids = [self._user_ids(tenant_id, [u.user_id], f"users.{i}.user_id")[0]
+                    for i, u in enumerate(users)]
         rows = [[u.features.get(c) for c in columns] for u in users]
         hours = load_send_hours(self._r, tenant_id, user_ids)
         return FeatureMatrix(user_ids, columns, np.array(rows, dtype=np.float64).reshape(-1, len(columns)),
@@ -621,10 +681,13 @@ class Api:
                authorization: Annotated[str | None, Header()] = None) -> EventsResponse:
         """Ingest behaviour events; an event id seen in the last 48 hours is a duplicate."""
         key = self._auth(authorization, "events:write")
+        policy, secret = self._privacy(key.tenant_id)
+        user_ids = [self._screen.user_id(e.user_id, policy, secret, f"events.{i}.user_id")
+                    for i, e in enumerate(request.events)]
         accepted, duplicates = ingest_events(
             self._r, key.tenant_id,
-            [(e.event_id, e.user_id, e.event_time.timestamp(), e.event_type, e.value)
-             for e in request.events],
+            [(e.event_id, user_id, e.event_time.timestamp(), e.event_type, e.value)
+             for e, user_id in zip(request.events, user_ids, strict=True)],
         )
         return EventsResponse(accepted=accepted, duplicates=duplicates)
 
@@ -632,15 +695,19 @@ class Api:
     def send_pushes(self, request: PushRequest,
                     authorization: Annotated[str | None, Header()] = None) -> PushResponse:
         key = self._auth(authorization, "push:send")
+        policy, secret = self._privacy(key.tenant_id)
+        user_ids = self._screen.user_ids(request.user_ids, policy, secret, "user_ids")
+        # What the device reads is stored too (outbox, inbox, AOF): screened like the rest.
+        text = self._screen.push_text(request.title, request.body, request.data, policy, secret)
         base = request.idempotency_key or uuid.uuid4().hex
         pushes = [
             outbox.Push(
                 tenant_id=key.tenant_id,
                 push_id=outbox.make_push_id(key.tenant_id, base, user_id),
                 user_id=user_id, lane=request.lane, channel=request.channel,
-                title=request.title, body=request.body, data=request.data,
+                title=text.title, body=text.body, data=text.data,
             )
-            for user_id in request.user_ids
+            for user_id in user_ids
         ]
         try:
             result = outbox.enqueue(self._r, pushes,
@@ -684,8 +751,14 @@ class Api:
         except (AuthError, ValueError) as e:
             await ws.close(code=4401, reason=str(e)[:120])
             return
+        if last_id is not None and not receipts.is_entry_id(last_id):
+            await ws.close(code=4400, reason="last_id must be an inbox entry id like "
+                           "1712345678901-0")
+            return
         stream = keys.inbox_stream(tenant_id, user_id)
-        cursor = last_id or await self._ar.get(keys.inbox_cursor(tenant_id, user_id)) or "0-0"
+        stored = await self._ar.get(keys.inbox_cursor(tenant_id, user_id))
+        # A cursor stored before acks were checked may be garbage: then from the start.
+        cursor = last_id or (stored if receipts.is_entry_id(stored) else "0-0")
         acks = asyncio.create_task(self._read_acks(ws, tenant_id, user_id))
         try:
             while not acks.done():
@@ -696,11 +769,13 @@ class Api:
                         cursor = entry_id
         except (WebSocketDisconnect, RuntimeError):
             pass
+        except redis.RedisError as e:
+            log.warning("inbox of a %s user closed: %s", tenant_id, e)
+            await ws.close(code=1011, reason="the inbox store is unavailable; reconnect soon")
         finally:
             acks.cancel()
 
     async def _read_acks(self, ws: WebSocket, tenant_id: str, user_id: str) -> None:
-        cursor_key = keys.inbox_cursor(tenant_id, user_id)
         while True:
             try:
                 message = json.loads(await ws.receive_text())
@@ -708,8 +783,11 @@ class Api:
                 return
             except ValueError:
                 continue
+            if not isinstance(message, dict):
+                continue
             entry_id, push_id = message.get("ack"), message.get("push_id")
-            if isinstance(entry_id, str):
-                await self._ar.set(cursor_key, entry_id)
-            if isinstance(push_id, str):
-                await asyncio.to_thread(receipts.mark, self._r, tenant_id, push_id, "acked")
+            if receipts.is_entry_id(entry_id):
+                # Counts only for an entry of this user's own inbox carrying that push.
+                ack = receipts.InboxAck(user_id, entry_id,
+                                        push_id if isinstance(push_id, str) else "")
+                await asyncio.to_thread(receipts.ack_inbox, self._r, tenant_id, [ack])

@@ -488,3 +488,217 @@ def test_push_with_unknown_lane_enqueues_nothing(world: World, redis_server: Emb
     response = _post(world, "/v1/pushes", world.key_a, {"user_ids": ["u1"], "body": "x", "lane": "nope"})
     assert response.status_code == 422
     assert [r.xlen(s) for s in streams] == before
+
+
+# --- the edge: personal data, hostile input, acks, outages (issue 21) -------------------------
+
+
+def _tenant_values(r: redis.Redis, tenant_id: str) -> str:
+    """Every key name and every value of the tenant, as one text to search."""
+    out = []
+    for key in r.scan_iter(match=keys.tenant_pattern(tenant_id), count=1000):
+        out.append(key)
+        kind = r.type(key)
+        if kind == "string":
+            out.append(str(r.get(key)))
+        elif kind == "hash":
+            out.append(repr(r.hgetall(key)))
+        elif kind == "stream":
+            out.append(repr(r.xrange(key)))
+        elif kind == "zset":
+            out.append(repr(r.zrange(key, 0, -1)))
+        elif kind == "set":
+            out.append(repr(r.smembers(key)))
+        elif kind == "list":
+            out.append(repr(r.lrange(key, 0, -1)))
+    return "\n".join(out)
+
+
+@pytest.fixture
+def edge(world: World, redis_server: EmbeddedRedis, new_tenant_id: Any) -> Iterator[Any]:
+    """A client, and a maker of fresh tenants: each call gives an admin key of a new tenant,
+    with `policy` (JSON) set over HTTP when given."""
+    r = connect(redis_server.url)
+
+    def make(policy: bytes | None = None) -> str:
+        tenant_id = new_tenant_id("edge")
+        tenants.create_tenant(r, tenant_id)
+        key = tenants.create_api_key(r, tenant_id, ["admin"])
+        if policy is not None:
+            response = httpx.put(f"{world.base_url}/v1/privacy/policy", content=policy,
+                                 timeout=30, headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200, response.text
+        return key
+
+    yield r, make
+    r.close()
+
+
+_EVENT = {"event_id": "e1", "event_time": "2025-03-20T10:00:00Z", "event_type": "view"}
+
+
+def test_a_pii_shaped_user_id_is_refused_and_leaves_nothing_behind(world: World, edge: Any) -> None:
+    r, make = edge
+    key = make()
+    tenant_id = tenants.authenticate(r, key).tenant_id
+    email = "alice.canary@example.com"
+    for path, body, field in (
+        ("/v1/events", {"events": [{**_EVENT, "user_id": email}]}, "events.0.user_id"),
+        ("/v1/pushes", {"user_ids": ["u1", email], "body": "hi"}, "user_ids.1"),
+        ("/v1/score", {"user_ids": [email]}, "user_ids.0"),
+    ):
+        response = _post(world, path, key, body)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+        assert "EMAIL_ADDRESS" in response.text and email not in response.text
+    assert _get(world, f"/v1/users/{email}", key).status_code == 422
+    assert email not in _tenant_values(r, tenant_id)
+    assert r.xlen(keys.outbox_stream(tenant_id, "transactional")) == 0  # not even u1's push
+
+
+def test_under_pseudonymize_a_pii_id_is_stored_as_its_pseudonym_in_that_tenant_only(
+    world: World, edge: Any
+) -> None:
+    r, make = edge
+    key = make(b'{"operators": {}, "user_ids": "pseudonymize"}')
+    strict = make()  # another tenant keeps the default: reject
+    tenant_id = tenants.authenticate(r, key).tenant_id
+    email = "bob.canary@example.com"
+    events = _post(world, "/v1/events", key, {"events": [{**_EVENT, "user_id": email}]})
+    pushes = _post(world, "/v1/pushes", key, {"user_ids": [email], "body": "hi"})
+    assert events.status_code == 202 and pushes.status_code == 202, (events.text, pushes.text)
+    stored = _tenant_values(r, tenant_id)
+    assert email not in stored and "EMAIL_ADDRESS_" in stored
+    assert _post(world, "/v1/events", strict, {"events": [{**_EVENT, "user_id": email}]}
+                 ).status_code == 422
+
+
+def test_push_text_is_screened_before_it_is_stored(world: World, edge: Any) -> None:
+    r, make = edge
+    key = make()
+    rejecting = make(b'{"operators": {}, "push_operators": {"PHONE_NUMBER": "reject"}}')
+    tenant_id = tenants.authenticate(r, key).tenant_id
+    body = {"user_ids": ["u1"], "title": "Call 415-555-0123",
+            "body": "or mail carol.canary@example.com", "data": {"ip": "10.20.30.40"}}
+    assert _post(world, "/v1/pushes", key, body).status_code == 202
+    stored = _tenant_values(r, tenant_id)
+    for planted in ("415-555-0123", "carol.canary@example.com", "10.20.30.40"):
+        assert planted not in stored
+    ((_, fields),) = r.xrange(keys.outbox_stream(tenant_id, "transactional"))
+    assert json.loads(fields["m"])["title"] == "Call ****"
+    refused = _post(world, "/v1/pushes", rejecting, body)
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "title"
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"users": [{"user_id": "u1", "features": {"F": Infinity}}]}', "users.0.features.F"),
+        (b'{"users": [{"user_id": "u1", "features": {"F": 1e400}}]}', "users.0.features.F"),
+        (b'{"users": [{"user_id": "u1", "features": {"F": NaN}}]}', "users.0.features.F"),
+    ],
+)
+def test_non_finite_inline_features_get_422_not_500(
+    world: World, redis_server: EmbeddedRedis, raw: bytes, field: str
+) -> None:
+    from pipeline.featurestore import feature_columns
+
+    r = connect(redis_server.url)
+    column = feature_columns(r, world.tenant_a)[0]
+    r.close()
+    response = httpx.post(world.base_url + "/v1/score", content=raw.replace(b'"F"', f'"{column}"'
+                          .encode()), timeout=30, headers={"Authorization": f"Bearer {world.key_a}",
+                                                           "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"].startswith(field.replace("F", column))
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"value": "NaN"}, "events.0.value"),
+        ({"value": "Infinity"}, "events.0.value"),
+        ({"event_time": "0001-01-01T00:00:00Z"}, "events.0.event_time"),
+        ({"event_time": "9999-12-31T00:00:00Z"}, "events.0.event_time"),
+    ],
+)
+def test_implausible_events_get_422_and_are_not_stored(
+    world: World, edge: Any, event: dict[str, Any], field: str
+) -> None:
+    r, make = edge
+    key = make()
+    tenant_id = tenants.authenticate(r, key).tenant_id
+    raw = json.dumps({"events": [{**_EVENT, "user_id": "u1", **event}]})
+    raw = raw.replace('"NaN"', "NaN").replace('"Infinity"', "Infinity")
+    response = httpx.post(world.base_url + "/v1/events", content=raw, timeout=30,
+                          headers={"Authorization": f"Bearer {key}",
+                                   "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == field
+    assert not r.exists(keys.events_stream(tenant_id))
+
+
+def test_over_the_api_socket_a_device_acks_only_its_own_pushes(
+    world: World, redis_server: EmbeddedRedis
+) -> None:
+    r: redis.Redis = connect(redis_server.url)
+    worker = DeliveryWorker(r, [world.tenant_a], consumer="test-ack")
+    sent = _post(world, "/v1/pushes", world.key_a,
+                 {"user_ids": ["ack-u1", "ack-u2"], "body": "hello", "idempotency_key": "ack-1"})
+    mine, theirs = sent.json()["push_ids"]
+    while worker.deliver_once():
+        pass
+    (theirs_entry, _), = r.xrange(keys.inbox_stream(world.tenant_a, "ack-u2"))
+    token = tenants.issue_user_token(world.secret_a, world.tenant_a, "ack-u1")
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with websockets.connect(f"{world.ws_url}?token={token}") as ws:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            for forged in ({"ack": theirs_entry, "push_id": theirs},
+                           {"ack": frame["id"], "push_id": theirs}, {"push_id": theirs},
+                           {"ack": "garbage{}", "push_id": frame["push_id"]}):
+                await ws.send(json.dumps(forged))
+            await asyncio.sleep(0.5)
+        # The garbage id did not become the cursor: the next connection still works.
+        async with websockets.connect(f"{world.ws_url}?token={token}&last_id=0-0") as ws:
+            again = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send(json.dumps({"ack": again["id"], "push_id": again["push_id"]}))
+            await asyncio.sleep(0.5)
+        return [frame, again]
+
+    frame, again = asyncio.run(scenario())
+    assert frame["push_id"] == again["push_id"] == mine
+    trail = lambda p: [s["status"] for s in  # noqa: E731
+                       _get(world, f"/v1/pushes/{p}", world.key_a).json()["trail"]]
+    assert "acked" not in trail(theirs)
+    assert trail(mine)[-1] == "acked"
+    assert r.get(keys.inbox_cursor(world.tenant_a, "ack-u1")) == frame["id"]
+    r.close()
+
+
+def test_a_store_outage_gets_503_problem_json_with_retry_after(
+    world: World, settings: Settings
+) -> None:
+    """A second app on the same Serve whose Valkey is not there (the outage of the issue)."""
+    import socket
+
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.args import ServingArgs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    args = ServingArgs.from_settings(settings, f"redis://127.0.0.1:{dead_port}/0")
+    serve.run(build_app(args), name="outage", route_prefix="/outage")
+    try:
+        response = httpx.post(world.base_url + "/outage/v1/score", json={"user_ids": ["u1"]},
+                              headers={"Authorization": f"Bearer {world.key_a}"}, timeout=30)
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert int(response.headers["retry-after"]) > 0
+        assert "retry" in response.json()["detail"]
+    finally:
+        serve.delete("outage")
