@@ -40,10 +40,15 @@ __all__ = ["EdgeScreen", "PushText", "USER_ID_PATTERN"]
 # What a user id may look like at all (it becomes part of Redis key names).
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 _USER_ID = re.compile(USER_ID_PATTERN)
-# Every type the pattern recognizers find needs an '@' (e-mail) or at least four digits
-# (IP, phone, card, IBAN, resident id): an id with neither is not analysed at all.
-_MAYBE_PERSONAL = re.compile(r"@|(?:\d[^\d]*){4}")
-_CACHE_SIZE = 65_536
+# What each type needs at the least, so a string is analysed only for the types it could hold
+# (most ids hold none and are not analysed at all): phones have 7+ digits, cards 13+, IBANs
+# 10+, resident ids 17+; an IPv4 address is a dotted quad, an IPv6 one has two colons.
+_DIGITS = re.compile(r"\d")
+_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+_IPV6 = re.compile(r":[0-9A-Fa-f]*:")
+_MIN_DIGITS = {"PHONE_NUMBER": 7, "CREDIT_CARD": 13, "IBAN_CODE": 10, "CN_RESIDENT_ID": 17,
+               "US_SSN": 9}
+_CACHE_SIZE = 131_072
 
 
 @dataclass(frozen=True)
@@ -68,15 +73,19 @@ class EdgeScreen:
         }
         self._find = lru_cache(maxsize=_CACHE_SIZE)(self._find_uncached)
 
-    def _find_uncached(self, text: str) -> tuple[Span, ...]:
+    def _find_uncached(self, text: str, candidates: frozenset[str]) -> tuple[Span, ...]:
         lang = language_for(text, "en", self._analyzer.supported_languages)
-        return tuple(find_pattern_entities(text, self._analyzer, self._types[lang], lang))
+        wanted = candidates & self._types[lang]
+        if not wanted:
+            return ()
+        return tuple(find_pattern_entities(text, self._analyzer, wanted, lang))
 
     def find(self, text: str) -> tuple[Span, ...]:
         """The personal data a pattern finds in `text`, left to right."""
-        if not text or not _MAYBE_PERSONAL.search(text):
+        if not text:
             return ()
-        return self._find(text)
+        candidates = _candidates(text)
+        return self._find(text, candidates) if candidates else ()
 
     def user_id(self, user_id: str, policy: PrivacyPolicy, secret: bytes, field: str) -> str:
         """The id to store for `user_id`: itself, or with its personal data pseudonymised.
@@ -170,3 +179,14 @@ class EdgeScreen:
     def types(self) -> frozenset[str]:
         """Every entity type this screen finds."""
         return frozenset().union(*self._types.values())
+
+
+def _candidates(text: str) -> frozenset[str]:
+    """The entity types `text` is long and shaped enough to hold."""
+    digits = len(_DIGITS.findall(text))
+    found = {t for t, least in _MIN_DIGITS.items() if digits >= least}
+    if "@" in text:
+        found.add("EMAIL_ADDRESS")
+    if _IPV4.search(text) or _IPV6.search(text):
+        found.add("IP_ADDRESS")
+    return frozenset(found)
