@@ -414,8 +414,20 @@ class Api:
         if not isinstance(body, dict):
             raise InvalidInputError("body", "a campaign spec is a JSON object")
         spec = campaigns.parse_spec(json.dumps({**body, "tenant": key.tenant_id}), where="body")
+        spec = await asyncio.to_thread(self._screen_campaign, key.tenant_id, spec)
         created = await asyncio.to_thread(campaigns.save_campaign, self._r, spec)
         return {"campaign": spec.id, "created": created}
+
+    def _screen_campaign(self, tenant_id: str,
+                         spec: campaigns.CampaignSpec) -> campaigns.CampaignSpec:
+        """Its messages are push text: screened like ``/v1/pushes`` before the spec is stored."""
+        policy, secret = self._privacy(tenant_id)
+        variants = []
+        for i, variant in enumerate(spec.variants):
+            text = self._screen.push_text(variant.title, variant.body, {}, policy, secret,
+                                          where=f"variants.{i}.")
+            variants.append(variant.model_copy(update={"title": text.title, "body": text.body}))
+        return spec.model_copy(update={"variants": variants})
 
     @app.get("/v1/campaigns")
     def list_campaigns(self, authorization: Annotated[str | None, Header()] = None

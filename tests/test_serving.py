@@ -702,3 +702,17 @@ def test_a_store_outage_gets_503_problem_json_with_retry_after(
         assert "retry" in response.json()["detail"]
     finally:
         serve.delete("outage")
+
+
+def test_a_campaigns_messages_are_screened_like_pushes(world: World, edge: Any) -> None:
+    r, make = edge
+    key = make()
+    rejecting = make(b'{"operators": {}, "push_operators": {"PHONE_NUMBER": "reject"}}')
+    spec = {"id": "call-us", "selection": {"top_k": 5}, "variants": [
+        {"name": "a", "title": "Hello", "body": "Call 415-555-0123 in {country}"}]}
+    assert _post(world, "/v1/campaigns", key, spec).status_code == 201
+    stored = _get(world, "/v1/campaigns/call-us", key).json()
+    assert "415-555-0123" not in json.dumps(stored) and "Call **** in {country}" in json.dumps(stored)
+    refused = _post(world, "/v1/campaigns", rejecting, spec)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "variants.0.body"

@@ -138,11 +138,13 @@ class EdgeScreen:
         data: Mapping[str, str],
         policy: PrivacyPolicy,
         secret: bytes,
+        where: str = "",
     ) -> PushText:
         """Title, body and data values under the policy's push operators.
 
         An entity whose operator is ``reject`` refuses the whole push (InvalidInputError naming
-        the field); ``keep`` leaves it; the others replace the span as in the batch path.
+        the field, after the prefix `where`); ``keep`` leaves it; the others replace the span
+        as in the batch path.
         """
         replaced: Counter[str] = Counter()
 
@@ -155,7 +157,7 @@ class EdgeScreen:
                     continue
                 if operator == "reject":
                     raise InvalidInputError(
-                        field,
+                        where + field,
                         f"holds personal data ({span.entity_type}) the tenant's privacy policy "
                         "refuses in pushes (push_operators); remove it or change the policy",
                     )
