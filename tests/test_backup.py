@@ -531,6 +531,10 @@ def test_backup_out_may_be_relative_and_the_cli_refuses_an_unsigned_archive(tmp_
         r = connect(server.url)
         tenants.create_tenant(r, "alpha")
         enqueue(r, [Push("alpha", "p1", "u1")], is_transactional_fsynced=False)
+        # With a model, since its artifacts are what a relative --out broke.
+        registry = _registry(data_dir)
+        registry.log_model("alpha", "propensity", LogisticRegression().fit(X, Y), X_example=X,
+                           metrics={"roc_auc": 0.8}, params={})
 
         made = _cli(data_dir, "backup", "--tenant", "alpha", "--out", "out/alpha.tar.gz", cwd=work)
 
@@ -554,4 +558,5 @@ def test_backup_out_may_be_relative_and_the_cli_refuses_an_unsigned_archive(tmp_
                     "--as", "gamma", cwd=work)
         assert done.returncode == 0, done.stderr
         assert r.xlen(keys.outbox_stream("gamma", "marketing")) == 1
+        assert registry.champion_version("gamma") == 1
         r.close()
