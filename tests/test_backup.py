@@ -320,9 +320,9 @@ def _repack(folder: Path, out: Path, signed_by: BackupKey | None | str) -> Path:
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
     manifest_path.write_bytes(manifest_bytes)
     if signed_by is None:
-        sig_path.unlink()
+        sig_path.unlink(missing_ok=True)
     elif signed_by == "claim":
-        claimed = json.loads(sig_path.read_text())
+        claimed = json.loads(sig_path.read_text()) if sig_path.exists() else {}
         sig_path.write_text(json.dumps({**claimed, "mac": hashlib.sha256(manifest_bytes).hexdigest()}))
     elif isinstance(signed_by, BackupKey):
         sig_path.write_bytes(signed_by.sign(manifest_bytes))
