@@ -261,6 +261,8 @@ def backup(
             tar.add(root / _MANIFEST, arcname=_MANIFEST)
             for name in files:
                 tar.add(root / name, arcname=name)
+        # It holds the tenants' secrets: readable by its owner only, like the data dir's files.
+        os.chmod(partial, 0o600)
         # Written aside and moved in: a crash never leaves a half archive under the real name.
         os.replace(partial, out)
     return BackupReport(path=out, sha256=_sha256(out), tenants=summary)

@@ -140,6 +140,7 @@ def test_a_wiped_deployment_gets_the_tenant_back_whole_and_it_scores_and_deliver
     archive = tmp_path / "shop.tar.gz"
 
     report = backup(r, registry, ["shop"], archive, key=key)
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600  # it holds the tenant's secret
     assert report.tenants["shop"]["model_versions"] == 2
     assert report.tenants["shop"]["api_keys"] == 1
 
