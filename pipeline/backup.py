@@ -1,11 +1,17 @@
-"""Back up tenants into one archive and restore them, into the same or a fresh deployment.
+"""Back up tenants into one signed archive and restore them, into the same or a fresh deployment.
 
 An archive (``.tar.gz``) holds, per tenant, every Redis key under the tenant's prefix (``DUMP``
 with its absolute expiry, so streams keep their consumer groups and pending entries), the
 tenant's entries in the global indexes (tenant list, API key digests), and every registered
 MLflow model version: its artifacts, its run's parameters, metrics, tags and artifacts, and which
-version is champion. ``manifest.json`` lists every file with its sha256; a restore verifies them
-all before it writes anything, so a corrupt archive restores nothing.
+version is champion. ``manifest.json`` lists every file with its sha256, and ``manifest.sig`` is
+an HMAC-SHA256 of the manifest under the operator's backup key (``BackupKey``).
+
+A restore trusts nothing in an archive it has not verified: it checks the signature before it
+extracts anything, every file's sha256 against the signed manifest, then that every key,
+API key digest and model of the archive belongs to a tenant the caller named, before it writes
+anything. Model artifacts are pickles that run code when loaded, so only a signed archive's
+reach the registry. A corrupt, unsigned, tampered or foreign archive restores nothing.
 
 The tenant's plan, webhook URL, privacy policy and secret are Redis keys of the tenant, so they
 travel with it. Each key is copied atomically, but a backup of a tenant taking writes is not
@@ -15,10 +21,15 @@ one point in time (docs/ha.md says how to take a point-in-time one).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
+import secrets
+import stat
 import tarfile
 import tempfile
 import time
@@ -36,6 +47,8 @@ from pipeline.errors import PushError
 __all__ = [
     "ARCHIVE_FORMAT",
     "BackupError",
+    "BackupKey",
+    "load_or_create_key",
     "BackupReport",
     "RestoreReport",
     "backup",
@@ -45,8 +58,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_FORMAT = 1
+# 2: signed (manifest.sig). Format 1 archives were unsigned, so nothing vouches for them.
+ARCHIVE_FORMAT = 2
 _MANIFEST = "manifest.json"
+_SIGNATURE = "manifest.sig"
+_SIGNATURE_ALG = "HMAC-SHA256"
+# Domain separation: a MAC made for an archive is no MAC of anything else under the same key.
+_SIGNING_CONTEXT = b"pushpilot backup manifest v2\n"
+_KEY_BYTES = 32
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 500
 # A restored version remembers where it came from, so a restored registry can be audited.
 _RESTORED_FROM_TAG = "pushpilot.restored_from"
@@ -54,6 +74,120 @@ _RESTORED_FROM_TAG = "pushpilot.restored_from"
 
 class BackupError(PushError):
     """An archive that cannot be written, read, verified or restored as asked."""
+
+
+class BackupKey:
+    """The operator's HMAC-SHA256 key: ``backup`` signs archives with it, ``restore`` verifies.
+
+    Whoever holds it can make an archive restore accepts, so it lives in a 0600 file of its own
+    (by default ``<data_dir>/backup.key``), and a copy off the machine lets a restore elsewhere
+    verify the archives.
+    """
+
+    def __init__(self, secret: bytes, path: Path | None = None):
+        if len(secret) < _KEY_BYTES:
+            raise ValueError(f"a backup key needs at least {_KEY_BYTES} bytes, got {len(secret)}")
+        self._secret = bytes(secret)
+        self.path = path
+
+    def __repr__(self) -> str:  # never print the secret into a log
+        return f"BackupKey(key_id={self.key_id!r}, path={str(self.path)!r})"
+
+    @property
+    def key_id(self) -> str:
+        """Names the key in an archive's signature without revealing it."""
+        return hashlib.sha256(b"pushpilot backup key id\n" + self._secret).hexdigest()[:16]
+
+    @classmethod
+    def generate(cls) -> BackupKey:
+        return cls(secrets.token_bytes(_KEY_BYTES))
+
+    @classmethod
+    def load(cls, path: Path) -> BackupKey:
+        path = Path(path).expanduser()
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            raise BackupError(
+                f"no backup key at {str(path)!r}; give --key-file the key the archive was signed "
+                "with (a backup creates <data dir>/backup.key on first use)"
+            ) from None
+        except OSError as e:
+            raise BackupError(f"cannot read the backup key {str(path)!r}: {e}") from None
+        if mode & 0o077:
+            raise BackupError(
+                f"backup key {str(path)!r} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                f"whoever reads it can sign archives: chmod 600 {path}"
+            )
+        try:
+            secret = bytes.fromhex(text)
+        except ValueError:
+            secret = b""
+        if len(secret) != _KEY_BYTES:
+            raise BackupError(f"backup key {str(path)!r} is not {_KEY_BYTES} bytes of hex, as "
+                              "`pushpilot backup` writes it; give the key file it created")
+        return cls(secret, path)
+
+    def save(self, path: Path) -> None:
+        """Write the key to a new file, 0600 from the start; an existing file is an error."""
+        path = Path(path).expanduser()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self._secret.hex() + "\n")
+        self.path = path
+
+    def _mac(self, manifest: bytes) -> str:
+        return hmac.new(self._secret, _SIGNING_CONTEXT + manifest, hashlib.sha256).hexdigest()
+
+    def sign(self, manifest: bytes) -> bytes:
+        """The signature document of ``manifest`` (its exact bytes)."""
+        return json.dumps({"alg": _SIGNATURE_ALG, "key_id": self.key_id,
+                           "mac": self._mac(manifest)}, sort_keys=True).encode()
+
+    def verify(self, manifest: bytes, signature: bytes | None, archive: Path) -> None:
+        """BackupError unless ``signature`` is this key's signature of ``manifest``."""
+        where = f"archive {str(archive)!r}"
+        if signature is None:
+            raise BackupError(
+                f"{where} is not signed (no {_SIGNATURE}); restore accepts only archives that "
+                "`pushpilot backup` signed with your backup key. Nothing restored; an archive "
+                "from before signing cannot be verified: take a new backup"
+            )
+        try:
+            doc = json.loads(signature)
+            alg, key_id, mac = doc["alg"], doc["key_id"], doc["mac"]
+        except (ValueError, TypeError, KeyError):
+            raise BackupError(f"{where} has an unreadable {_SIGNATURE}; nothing restored") from None
+        if alg != _SIGNATURE_ALG:
+            raise BackupError(f"{where} is signed with {alg!r}, not {_SIGNATURE_ALG}; "
+                              "nothing restored")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac.encode(),
+                                                                self._mac(manifest).encode()):
+            if key_id != self.key_id:
+                raise BackupError(
+                    f"{where} was signed with backup key {key_id!r}, not with yours "
+                    f"({self.key_id!r}, {str(self.path)!r}); nothing restored. Give --key-file "
+                    "the key of the deployment that wrote it, or do not trust the archive"
+                )
+            raise BackupError(
+                f"{where} fails its signature: the manifest was changed after it was signed; "
+                "nothing restored"
+            )
+
+
+def load_or_create_key(path: Path) -> tuple[BackupKey, bool]:
+    """The key at ``path``, or a new one written there 0600; the flag says it was created."""
+    path = Path(path).expanduser()
+    if path.exists():
+        return BackupKey.load(path), False
+    key = BackupKey.generate()
+    try:
+        key.save(path)
+    except FileExistsError:  # another backup created it first: use theirs
+        return BackupKey.load(path), False
+    return key, True
 
 
 @dataclass(frozen=True)
@@ -76,12 +210,14 @@ class RestoreReport:
 
 
 def backup(
-    r: redis.Redis, registry: ModelRegistry, tenant_ids: Sequence[str], out: Path
+    r: redis.Redis, registry: ModelRegistry, tenant_ids: Sequence[str], out: Path,
+    *, key: BackupKey,
 ) -> BackupReport:
-    """Write the tenants' Redis state and MLflow models to ``out`` (a .tar.gz)."""
+    """Write the tenants' Redis state and MLflow models to ``out`` (a .tar.gz), signed by ``key``."""
     if not tenant_ids:
         raise BackupError("nothing to back up: give at least one tenant (or --all with tenants)")
-    out = Path(out)
+    # Absolute before anything: the artifacts are downloaded to absolute paths under it.
+    out = Path(out).expanduser().absolute()
     if out.is_dir():
         raise BackupError(f"--out {str(out)!r} is a directory; name the archive file to write")
     for tenant_id in tenant_ids:
@@ -116,12 +252,17 @@ def backup(
             "tenants": tenants_meta,
             "files": files,
         }
-        (root / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        (root / _MANIFEST).write_bytes(manifest_bytes)
+        (root / _SIGNATURE).write_bytes(key.sign(manifest_bytes))
         partial = Path(tmp) / "archive.tar.gz"
         with tarfile.open(partial, "w:gz") as tar:
+            tar.add(root / _SIGNATURE, arcname=_SIGNATURE)
             tar.add(root / _MANIFEST, arcname=_MANIFEST)
             for name in files:
                 tar.add(root / name, arcname=name)
+        # It holds the tenants' secrets: readable by its owner only, like the data dir's files.
+        os.chmod(partial, 0o600)
         # Written aside and moved in: a crash never leaves a half archive under the real name.
         os.replace(partial, out)
     return BackupReport(path=out, sha256=_sha256(out), tenants=summary)
@@ -255,17 +396,32 @@ def _sha256(path: Path) -> str:
 # --- reading and verifying --------------------------------------------------------------------
 
 
-def read_manifest(archive: Path) -> dict[str, Any]:
-    """The archive's manifest, after checking every file's sha256 against it."""
+def read_manifest(archive: Path, *, key: BackupKey) -> dict[str, Any]:
+    """The archive's manifest, after checking its signature and every file's sha256."""
     with tempfile.TemporaryDirectory(prefix="pushpilot-verify-") as tmp:
-        return _extract_verified(Path(archive), Path(tmp))
+        return _extract_verified(Path(archive), Path(tmp), key)
 
 
-def _extract_verified(archive: Path, into: Path) -> dict[str, Any]:
+def _read_member(tar: tarfile.TarFile, name: str) -> bytes | None:
+    try:
+        member = tar.getmember(name)
+    except KeyError:
+        return None
+    f = tar.extractfile(member) if member.isfile() else None
+    return f.read() if f is not None else None
+
+
+def _extract_verified(archive: Path, into: Path, key: BackupKey) -> dict[str, Any]:
     if not archive.is_file():
         raise BackupError(f"--in {str(archive)!r} is not a file")
     try:
         with tarfile.open(archive, "r:gz") as tar:
+            manifest_bytes = _read_member(tar, _MANIFEST)
+            if manifest_bytes is None:
+                raise BackupError(f"archive {str(archive)!r} has no {_MANIFEST}; it is not a "
+                                  "pushpilot backup; nothing restored")
+            # Before a single file is extracted: nothing of an unsigned archive is trusted.
+            key.verify(manifest_bytes, _read_member(tar, _SIGNATURE), archive)
             # "data" refuses absolute paths, links out of the folder and devices.
             tar.extractall(into, filter="data")
     except (tarfile.TarError, OSError, EOFError) as e:
@@ -273,16 +429,17 @@ def _extract_verified(archive: Path, into: Path) -> dict[str, Any]:
             f"archive {str(archive)!r} is corrupt or not a pushpilot backup ({e}); nothing restored"
         ) from None
     try:
-        manifest = json.loads((into / _MANIFEST).read_text())
-    except (OSError, ValueError) as e:
+        manifest = json.loads(manifest_bytes)
+    except ValueError as e:
         raise BackupError(f"archive {str(archive)!r} has no readable {_MANIFEST} ({e}); "
                           "nothing restored") from None
-    if manifest.get("format") != ARCHIVE_FORMAT:
-        raise BackupError(f"archive format {manifest.get('format')!r} is not the supported "
+    if not isinstance(manifest, dict) or manifest.get("format") != ARCHIVE_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BackupError(f"archive format {got!r} is not the supported "
                           f"{ARCHIVE_FORMAT}; use the pushpilot version that wrote it")
     listed = manifest.get("files", {})
     present = {p.relative_to(into).as_posix() for p in into.rglob("*") if p.is_file()}
-    present.discard(_MANIFEST)
+    present -= {_MANIFEST, _SIGNATURE}
     problems = [f"{name}: missing" for name in sorted(set(listed) - present)]
     problems += [f"{name}: not in the manifest" for name in sorted(present - set(listed))]
     problems += [f"{name}: sha256 mismatch" for name in sorted(set(listed) & present)
@@ -293,6 +450,71 @@ def _extract_verified(archive: Path, into: Path) -> dict[str, Any]:
     return manifest  # type: ignore[no-any-return]
 
 
+def _confine(r: redis.Redis, root: Path, meta: dict[str, Any], target: str) -> None:
+    """BackupError unless everything the tenant's part would write is the tenant's own.
+
+    A signed archive is still checked: the key proves who wrote it, not that the writer kept
+    to the tenant (a backup bug, or a key used by a script of one's own).
+    """
+    source = meta["tenant_id"]
+    where = f"tenant {source!r} of the archive"
+    prefix = keys.tenant_prefix(source)
+    tenant_dir = root / "tenants" / source
+    try:
+        for n, record in enumerate(_records(tenant_dir / "redis.jsonl"), 1):
+            name, expire_at_ms, dump = record["key"], record["expire_at_ms"], record["dump"]
+            if not isinstance(name, str) or not name.startswith(prefix):
+                raise BackupError(
+                    f"{where} holds key {name!r} (redis.jsonl line {n}), which is not one of "
+                    f"its keys (they start {prefix!r}); restore refuses keys of other tenants "
+                    "and pp:global: keys; nothing restored"
+                )
+            if not isinstance(expire_at_ms, int) or expire_at_ms < 0:
+                raise BackupError(f"{where}: key {name!r} has expiry {expire_at_ms!r}, not "
+                                  "epoch milliseconds; nothing restored")
+            base64.b64decode(dump, validate=True)
+        index = json.loads((tenant_dir / "globals.json").read_text())["api_key_index"]
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error) as e:
+        raise BackupError(f"{where} has unreadable Redis state ({type(e).__name__}: {e}); "
+                          "nothing restored") from None
+    if not isinstance(index, dict):
+        raise BackupError(f"{where}: api_key_index is not a mapping; nothing restored")
+    for digest, owner in index.items():
+        if owner != source or not _DIGEST.fullmatch(str(digest)):
+            raise BackupError(
+                f"{where} maps API key digest {digest!r} to tenant {owner!r}; restore maps API "
+                f"keys only to the tenant restored ({source!r}); nothing restored"
+            )
+    if source == target and index:
+        # A digest is one key of one tenant: an archive never takes over another's key.
+        owners = r.hmget(keys.api_key_index(), list(index))
+        taken = sorted(d for d, o in zip(index, owners, strict=True) if o not in (None, target))
+        if taken:
+            raise BackupError(
+                f"{where} holds {len(taken)} API key(s) that belong to another tenant here "
+                f"(digest {taken[0][:12]}...); nothing restored"
+            )
+    models_dir = (tenant_dir / "models").resolve()
+    try:
+        for model in meta["models"]:
+            registered_name(target, model["kind"])
+            for version in model["versions"]:
+                int(version["version"])
+                # Model artifacts are pickles: only the named tenant's own folder is imported.
+                for folder in (version["model_dir"], version["run_dir"]):
+                    if folder is None:
+                        continue
+                    path = (root / str(folder)).resolve()
+                    if not path.is_dir() or not path.is_relative_to(models_dir):
+                        raise BackupError(
+                            f"{where}: model {model['kind']!r} names folder {folder!r}, which "
+                            f"is not under tenants/{source}/models/; nothing restored"
+                        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise BackupError(f"{where} lists its models wrongly ({type(e).__name__}: {e}); "
+                          "nothing restored") from None
+
+
 # --- restore ----------------------------------------------------------------------------------
 
 
@@ -301,32 +523,56 @@ def restore(
     registry: ModelRegistry,
     archive: Path,
     *,
+    key: BackupKey,
+    tenant_ids: Sequence[str],
     as_tenant_id: str | None = None,
     is_replacing: bool = False,
 ) -> RestoreReport:
-    """Restore every tenant of the archive; ``as_tenant_id`` renames a one-tenant archive's tenant.
+    """Restore the named tenants of a signed archive; ``as_tenant_id`` renames the one named.
+
+    Nothing is written unless the archive is signed by ``key``, holds every tenant named, and
+    everything it would write for them is theirs: their own keys, API key digests mapping to
+    them only, no ``pp:global:`` key. Other tenants of the archive are left out.
 
     A tenant that exists here already (keys, index entry or registered models) is an error
     unless ``is_replacing``, which first deletes its keys and registered models. Restored as a
     new tenant, the API keys are left behind (a key belongs to exactly one tenant); the
     tenant's secret is kept, so the pseudonyms in its features and profiles still match.
     """
+    if not tenant_ids:
+        raise BackupError("name the tenant(s) to restore (--tenant T, repeatable); restore "
+                          "writes nothing that is not theirs")
+    for tenant_id in tenant_ids:
+        _check_tenant_id(tenant_id)
+    if len(set(tenant_ids)) != len(tenant_ids):
+        raise BackupError(f"--tenant names a tenant twice: {list(tenant_ids)}")
+    if as_tenant_id is not None:
+        _check_tenant_id(as_tenant_id)
+        if len(tenant_ids) != 1:
+            raise BackupError(f"--as renames one tenant; --tenant names {list(tenant_ids)}")
     with tempfile.TemporaryDirectory(prefix="pushpilot-restore-") as tmp:
         root = Path(tmp)
-        manifest = _extract_verified(Path(archive), root)
-        sources = [t["tenant_id"] for t in manifest["tenants"]]
-        if as_tenant_id is not None:
-            _check_tenant_id(as_tenant_id)
-            if len(sources) != 1:
-                raise BackupError(f"--as needs a one-tenant archive; this one holds {sources}")
-            mapping = {sources[0]: as_tenant_id}
-        else:
-            mapping = {t: t for t in sources}
+        manifest = _extract_verified(Path(archive), root, key)
+        try:
+            by_source = {t["tenant_id"]: t for t in manifest["tenants"]}
+        except (KeyError, TypeError):
+            raise BackupError(f"archive {str(archive)!r} lists no tenants; nothing restored") from None
+        missing = [t for t in tenant_ids if t not in by_source]
+        if missing:
+            raise BackupError(
+                f"archive {str(archive)!r} holds tenants {sorted(map(str, by_source))}, not "
+                f"{missing}; name a tenant it holds (--tenant), and --as NEW to restore it under "
+                "another id; nothing restored"
+            )
+        chosen = [by_source[t] for t in tenant_ids]
+        mapping = {t: (as_tenant_id or t) for t in tenant_ids}
+        for meta in chosen:
+            _confine(r, root, meta, mapping[meta["tenant_id"]])
         for target in mapping.values():
             _check_free(r, registry, target, is_replacing)
         total_keys = total_versions = dropped = 0
         versions: dict[str, dict[str, dict[int, int]]] = {}
-        for meta in manifest["tenants"]:
+        for meta in chosen:
             source = meta["tenant_id"]
             target = mapping[source]
             if is_replacing:

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         description="How long a transactional enqueue waits for its replicas before failing.",
     )
 
+    backup_key_file: Path | None = Field(
+        default=None,
+        description="HMAC key that signs backups and that restores verify; unset uses "
+        "<data_dir>/backup.key, created 0600 by the first backup.",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
@@ -78,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifact_root(self) -> Path:
         return self.data_dir / "mlartifacts"
+
+    @property
+    def backup_key_path(self) -> Path:
+        return self.backup_key_file or self.data_dir / "backup.key"
 
     @property
     def log_dir(self) -> Path:

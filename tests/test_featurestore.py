@@ -15,7 +15,7 @@ from test_cluster import cluster  # noqa: F401  (a fixture: a real three-primary
 
 from models.registry import ModelRegistry
 from pipeline import keys, tenants
-from pipeline.backup import backup, restore
+from pipeline.backup import BackupKey, backup, restore
 from pipeline.campaigns.runner import _load_matrix
 from pipeline.features import FEATURE_COLUMNS
 from pipeline.featurestore import (
@@ -134,8 +134,10 @@ def test_a_backup_restores_packed_features_byte_for_byte(
     store_features(r, tenant_id, FRAME)
     registry = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlartifacts")
 
-    backup(r, registry, [tenant_id], tmp_path / "fs.tar.gz")
-    restore(r, registry, tmp_path / "fs.tar.gz", as_tenant_id=copy_id)
+    key = BackupKey.generate()
+    backup(r, registry, [tenant_id], tmp_path / "fs.tar.gz", key=key)
+    restore(r, registry, tmp_path / "fs.tar.gz", key=key, tenant_ids=[tenant_id],
+            as_tenant_id=copy_id)
 
     raw = [r.execute_command("HGETALL", keys.user_features(t), **{NEVER_DECODE: []})
            for t in (tenant_id, copy_id)]
