@@ -52,7 +52,7 @@ def admit_request(
     reason, throttle = _ADMIT(
         keys=[keys.api_request_window(tenant_id, second), keys.traffic_counts(tenant_id, series),
               keys.throttles(tenant_id)],
-        args=[series, second, repr(now), limit_per_second], client=r)
+        args=[series, second, repr(float(now)), int(limit_per_second)], client=r)
     reason = reason.decode() if isinstance(reason, bytes) else reason
     if reason == "guard_throttle":
         record = json.loads(throttle)
