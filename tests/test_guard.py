@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 import redis
 
-from pipeline import keys
+from pipeline import keys, tenants
 from pipeline.apilimit import Admission, admit_request
 from pipeline.features import behaviour_features
 from pipeline.generator import generate_tenant
@@ -23,6 +25,7 @@ from pipeline.guard import (
     observe_traffic,
     record_requests,
 )
+from pipeline.redis_server import EmbeddedRedis, connect
 
 START = 1_750_000_000
 
@@ -215,3 +218,42 @@ def test_the_floor_warm_up_and_gap_are_settings(
         record_requests(redis_client, tenant, "key:k", second, 60)
     assert observe_traffic(redis_client, tenant, "key:k", START + 310, high_floor) == []
     assert observe_traffic(redis_client, new_tenant_id("guard"), "key:k", START + 310) == []
+
+
+def test_a_throttled_key_is_told_why_until_when_and_how_to_appeal_over_http(
+    serve_app: str, redis_server: EmbeddedRedis, new_tenant_id: Callable[[str], str]
+) -> None:
+    r = connect(redis_server.url)
+    tenant = new_tenant_id("guard")
+    tenants.create_tenant(r, tenant)
+    key = tenants.create_api_key(r, tenant, ["score"])
+    admin = tenants.create_api_key(r, tenant, ["admin"])
+    series = f"key:{tenants.authenticate(r, key).key_id}"
+    now = int(time.time())
+    for second in range(now - 200, now - 10):
+        record_requests(r, tenant, series, second, 3)
+    for second in range(now - 10, now):
+        record_requests(r, tenant, series, second, 80)
+    (alert,) = observe_traffic(r, tenant, series, now)
+
+    def me(api_key: str) -> httpx.Response:
+        return httpx.get(serve_app + "/v1/tenants/me", timeout=30,
+                         headers={"Authorization": f"Bearer {api_key}"})
+
+    refused = [me(key) for _ in range(20)]
+    assert {x.status_code for x in refused} == {429}
+    body = refused[-1].json()
+    assert refused[-1].headers["content-type"] == "application/problem+json"
+    assert body["reason"] == "guard_throttle" and body["alert_id"] == alert.alert_id
+    assert "80 requests/s" in body["detail"] and body["throttled_until"] in body["detail"]
+    assert int(refused[-1].headers["Retry-After"]) == body["retry_after"]
+    assert 800 < body["retry_after"] <= 900
+    assert (f"pushpilot alerts clear --tenant {tenant} --id {alert.alert_id} --operator"
+            in body["appeal"])
+    assert f"POST /v1/alerts/{alert.alert_id}/clear" in body["appeal"]
+    # The retries are not traffic: still one alert, and the throttle did not move.
+    assert len(list_alerts(r, tenant)) == 1
+    cleared = httpx.post(f"{serve_app}/v1/alerts/{alert.alert_id}/clear", timeout=30,
+                         headers={"Authorization": f"Bearer {admin}"})
+    assert cleared.status_code == 200
+    assert me(key).status_code == 200
