@@ -257,3 +257,20 @@ def test_a_throttled_key_is_told_why_until_when_and_how_to_appeal_over_http(
                          headers={"Authorization": f"Bearer {admin}"})
     assert cleared.status_code == 200
     assert me(key).status_code == 200
+
+
+def test_the_burst_detector_has_a_floor_and_a_warm_up_in_events() -> None:
+    from models.streaming import RateBurstDetector
+
+    quiet = [0.0] * 100 + [1.0]
+    plain, floored = RateBurstDetector(), RateBurstDetector(min_rate=10)
+    for detector, expected in ((plain, True), (floored, False)):
+        state: dict[str, float] = {}
+        for rate in quiet:
+            _, is_burst, state = detector.update(state, rate)
+        assert is_burst is expected
+    state = {}
+    for rate in [1.0] * 40:  # 40 updates but only 40 requests: not yet warm
+        _, is_burst, state = RateBurstDetector(min_total=100).update(state, rate)
+    assert not RateBurstDetector(min_total=100).update(state, 30.0)[1]
+    assert RateBurstDetector().update(state, 30.0)[1]
