@@ -349,7 +349,12 @@ class RateBurstDetector:
     min_sigma : float, default=6.0
         ... and the baseline by ``min_sigma`` mean absolute deviations.
     min_updates : int, default=30
-        Updates learnt before any burst is called.
+        Updates learnt before any burst is called (the warm-up, in updates) ...
+    min_total : float, default=0.0
+        ... and the sum of the rates learnt by then (the warm-up, in events).
+    min_rate : float, default=0.0
+        A rate at or under this floor is never a burst, whatever the baseline: a quiet series
+        that wakes up at a modest rate is not an attack.
     """
 
     alpha: float = 0.05
@@ -357,19 +362,24 @@ class RateBurstDetector:
     ratio: float = 4.0
     min_sigma: float = 6.0
     min_updates: int = 30
+    min_total: float = 0.0
+    min_rate: float = 0.0
 
     def update(self, state: dict[str, float], rate: float) -> tuple[float, bool, dict[str, float]]:
         """Score ``rate`` against ``state`` and learn it; returns (score in [0, 1], is_burst, state)."""
         if not math.isfinite(rate) or rate < 0:
             raise ValueError(f"rate must be a finite non-negative number, got {rate!r}")
         n = float(state.get("n", 0.0))
+        total = float(state.get("total", 0.0))
         mean = float(state.get("mean", rate))
         dev = float(state.get("dev", 0.0))
         spread = max(dev, 0.1 * mean, 1e-3)
         sigma = (rate - mean) / spread
-        is_burst = n >= self.min_updates and rate > self.ratio * max(mean, 1e-3) and sigma > self.min_sigma
-        score = 0.0 if n < self.min_updates else float(1.0 - math.exp(-max(sigma, 0.0) / self.min_sigma))
+        is_warm = n >= self.min_updates and total >= self.min_total
+        is_burst = (is_warm and rate > self.min_rate and rate > self.ratio * max(mean, 1e-3)
+                    and sigma > self.min_sigma)
+        score = 0.0 if not is_warm else float(1.0 - math.exp(-max(sigma, 0.0) / self.min_sigma))
         weight = self.burst_alpha if is_burst else (self.alpha if n >= self.min_updates else 1.0 / (n + 1))
         new_mean = mean + weight * (rate - mean)
         new_dev = dev + weight * (abs(rate - mean) - dev)
-        return score, is_burst, {"n": n + 1, "mean": new_mean, "dev": new_dev}
+        return score, is_burst, {"n": n + 1, "total": total + rate, "mean": new_mean, "dev": new_dev}

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,7 +18,34 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["GuardSettings", "Settings", "load_settings"]
+
+
+class GuardSettings(BaseModel):
+    """The traffic guard's thresholds (docs/anomaly.md). TOML ``[guard]``, or the environment
+    as JSON: ``PUSHPILOT_GUARD='{"min_rate_per_second": 20}'``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_rate_per_second: float = Field(
+        default=10.0, ge=0,
+        description="A key sending at most this many requests in a second is never a burst, "
+        "whatever its baseline.",
+    )
+    warmup_seconds: int = Field(
+        default=60, ge=1, description="Seconds of a key's traffic learnt before its baseline counts."
+    )
+    warmup_requests: int = Field(
+        default=100, ge=0, description="Requests of a key learnt before its baseline counts."
+    )
+    idle_seconds: int = Field(
+        default=10, ge=1,
+        description="Silence past this many seconds (idle key, outage) is not learnt as a "
+        "zero rate: the baseline keeps what it knew before the silence.",
+    )
+    throttle_seconds: int = Field(
+        default=900, ge=1, description="How long a burst throttles its key unless cleared."
+    )
 
 
 class Settings(BaseSettings):
@@ -65,6 +92,7 @@ class Settings(BaseSettings):
         default=2000, ge=1,
         description="How long a transactional enqueue waits for its replicas before failing.",
     )
+    guard: GuardSettings = Field(default_factory=GuardSettings)
 
     backup_key_file: Path | None = Field(
         default=None,

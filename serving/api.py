@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +25,7 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from pipeline import campaigns, guard, keys, outbox, receipts, tenants
-from pipeline.apilimit import admit_request
+from pipeline.apilimit import Admission, admit_request
 from pipeline.campaigns import runner
 from pipeline.campaigns.report import run_report
 from pipeline.campaigns.runner import RunConfig, default_run_id
@@ -164,9 +164,10 @@ def _problem(status: int, title: str, detail: Any = None, **extra: Any) -> JSONR
 
 
 class _TooManyRequests(HTTPException):
-    def __init__(self, detail: str, retry_after_seconds: int):
+    def __init__(self, detail: str, retry_after_seconds: int, **extra: Any):
         super().__init__(429, detail)
         self.retry_after_seconds = retry_after_seconds
+        self.extra = extra
 
 
 @app.exception_handler(HTTPException)
@@ -174,7 +175,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
               413: "Payload Too Large", 429: "Too Many Requests", 503: "Service Unavailable"}
     if isinstance(exc, _TooManyRequests):
-        return _problem(429, titles[429], exc.detail, retry_after=exc.retry_after_seconds)
+        return _problem(429, titles[429], exc.detail, retry_after=exc.retry_after_seconds,
+                        **exc.extra)
     return _problem(exc.status_code, titles.get(exc.status_code, "Error"), exc.detail)
 
 
@@ -280,6 +282,25 @@ class PushResponse(BaseModel):
     duplicates: list[str]
 
 
+def _guard_throttled(tenant_id: str, admission: Admission) -> _TooManyRequests:
+    """A 429 that says why, until when, and how a holder of a non-admin key gets it lifted."""
+    alert_id = admission.alert_id
+    until = datetime.fromtimestamp(admission.throttled_until, tz=UTC).isoformat()
+    return _TooManyRequests(
+        f"the traffic guard throttles this API key until {until} after a burst: "
+        f"{admission.alert_reason}. Refused requests do not count, so retrying after "
+        "Retry-After does not extend it.",
+        admission.retry_after_seconds,
+        reason="guard_throttle",
+        alert_id=alert_id,
+        throttled_until=until,
+        appeal=(f"if this traffic is legitimate, send alert id {alert_id} to an admin of your "
+                f"tenant, who lifts the throttle at once with `pushpilot alerts clear --tenant "
+                f"{tenant_id} --id {alert_id} --operator <their name>` or "
+                f"POST /v1/alerts/{alert_id}/clear with an admin key"),
+    )
+
+
 def _not_found(what: str) -> HTTPException:
     # The same answer whether the thing is another tenant's or does not exist at all.
     return HTTPException(404, f"{what} not found")
@@ -311,14 +332,20 @@ class Api:
     def _feed_guard(self) -> None:
         """Every second, hand each finished second of API traffic to the tenant's guard."""
         while not self._stop.wait(1.0):
+            by_tenant: dict[str, list[str]] = {}
             for tenant_id, series in list(self._seen_series):
+                by_tenant.setdefault(tenant_id, []).append(series)
+            for tenant_id, tenant_series in by_tenant.items():
                 try:
-                    # One replica feeds a tenant at a time; the others skip this round.
+                    # One replica feeds a tenant at a time (all its series); the others skip
+                    # this round.
                     if not self._r.set(keys.guard_lock(tenant_id), "1", nx=True, px=900):
                         continue
-                    for alert in guard.observe_traffic(self._r, tenant_id, series, time.time()):
-                        log.warning("guard alert for tenant %s: %s; %s", tenant_id,
-                                    alert.reason, alert.action)
+                    for series in tenant_series:
+                        for alert in guard.observe_traffic(self._r, tenant_id, series,
+                                                           time.time(), self._args.guard):
+                            log.warning("guard alert for tenant %s: %s; %s", tenant_id,
+                                        alert.reason, alert.action)
                 except redis.RedisError:
                     log.exception("guard feed failed for tenant %s", tenant_id)
 
@@ -333,10 +360,7 @@ class Api:
         admission = admit_request(self._r, key.tenant_id, series, plan.requests_per_second,
                                   time.time())
         if admission.reason == "guard_throttle":
-            raise _TooManyRequests(
-                "the traffic guard throttles this API key after a burst; see GET /v1/alerts",
-                admission.retry_after_seconds,
-            )
+            raise _guard_throttled(key.tenant_id, admission)
         if admission.reason == "plan_limit":
             raise _TooManyRequests(f"over the plan's {plan.requests_per_second} requests/s",
                                    admission.retry_after_seconds)

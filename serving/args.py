@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.config import Settings
+from pipeline.config import GuardSettings, Settings
 
 __all__ = ["ServingArgs"]
 
@@ -23,6 +23,7 @@ class ServingArgs(BaseModel):
     max_users_per_request: int = Field(default=1000, ge=1)
     redis_replicas_to_wait: int = Field(default=0, ge=0)
     redis_replica_wait_ms: int = Field(default=1000, ge=1)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str) -> ServingArgs:
@@ -35,4 +36,5 @@ class ServingArgs(BaseModel):
             max_models_per_replica=settings.max_models_per_replica,
             redis_replicas_to_wait=settings.redis_replicas_to_wait,
             redis_replica_wait_ms=settings.redis_replica_wait_ms,
+            guard=settings.guard,
         )
