@@ -164,10 +164,10 @@ def test_the_data_dir_is_0700_and_its_files_0600(tmp_path: Path) -> None:
     listing = subprocess.run(["ls", "-lR", str(data_dir)], capture_output=True, text=True).stdout
     print(listing)
     modes = _modes(data_dir)
+    wrong = {name: mode for name, mode in modes.items()
+             if mode != ("0o700" if (data_dir / name).is_dir() else "0o600")}
+    assert not wrong, f"want folders 0700 and files 0600, got {wrong}\n{listing}"
     for name in ("mlflow.db", "logs/pushpilot.log", "valkey/users.acl", "valkey/credentials.json",
                  "valkey/valkey.log", "valkey/appendonlydir"):
         assert name in modes, f"{name} missing from {sorted(modes)}"
     assert any(name.endswith(".aof") for name in modes)
-    wrong = {name: mode for name, mode in modes.items()
-             if mode != ("0o700" if (data_dir / name).is_dir() else "0o600")}
-    assert not wrong, f"want folders 0700 and files 0600, got {wrong}\n{listing}"
