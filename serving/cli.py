@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from typing import Annotated
 import typer
 
 from pipeline.config import Settings
+from pipeline.datadir import PRIVATE_UMASK, private_dir
 from pipeline.errors import PushError
 from pipeline.redis_server import redis_url_for, stop_embedded
 from serving import cli_models
@@ -55,7 +57,8 @@ log = logging.getLogger("pushpilot")
 
 
 def _setup_logging(settings: Settings) -> None:
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
+    private_dir(settings.log_dir)
     handler = logging.FileHandler(settings.log_dir / "pushpilot.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -177,7 +180,7 @@ def serve_cmd() -> None:
     from serving.args import ServingArgs
 
     settings = _settings()
-    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+    with redis_url_for(settings.redis_url, settings.data_dir, is_admin=False) as url:
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         start_serve(settings, ServingArgs.from_settings(settings, url))
@@ -199,7 +202,6 @@ def worker_cmd(
         min=0.1, help="How often tenants and plans are read again.")] = 5.0,
 ) -> None:
     """Deliver for every tenant, a hard-isolated one as its own ACL user; SIGTERM drains."""
-    import os
     import socket
 
     from pipeline.redis_server import connect
@@ -207,9 +209,13 @@ def worker_cmd(
 
     settings = _settings()
     consumer = name or f"{socket.gethostname()}-{os.getpid()}"
-    with redis_url_for(settings.redis_url, settings.data_dir) as url, connect(url) as r:
+    # Delivery runs as the least-privilege user; only hard-isolated tenants' ACL users need the
+    # admin.
+    with redis_url_for(settings.redis_url, settings.data_dir) as admin_url, \
+            redis_url_for(settings.redis_url, settings.data_dir, is_admin=False) as url, \
+            connect(url) as r, connect(admin_url) as acl_admin:
         pool = WorkerPool(r, url, consumer=consumer, refresh_seconds=refresh_seconds,
-                          inbox_max_len=settings.inbox_max_len)
+                          inbox_max_len=settings.inbox_max_len, acl_admin=acl_admin)
         try:
             if drain:
                 typer.echo(json.dumps({"delivered": pool.drain()}))
@@ -249,6 +255,8 @@ def demo_cmd(
 
 
 def main() -> None:
+    # What the CLI and everything it starts (Valkey, Ray, MLflow, backups) write is the user's only.
+    os.umask(PRIVATE_UMASK)
     started = time.monotonic()
     try:
         cli()

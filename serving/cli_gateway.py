@@ -26,7 +26,7 @@ def gateway(
     from serving.gateway import Gateway
 
     current = settings()
-    with redis_url_for(current.redis_url, current.data_dir) as url:
+    with redis_url_for(current.redis_url, current.data_dir, is_admin=False) as url:
 
         async def main() -> None:
             stop = asyncio.Event()

@@ -72,8 +72,9 @@ class _Isolated:
 class WorkerPool:
     """The shared worker and one worker per hard-isolated tenant (see the module docstring).
 
-    ``r`` must be allowed ``ACL SETUSER``: the pool creates each isolated tenant's ACL user, and
-    refreshes it every ``refresh_seconds`` (ACL users are server config, gone after a restart).
+    ``acl_admin`` (``r`` when not given) must be allowed ``ACL SETUSER``: the pool creates each
+    isolated tenant's ACL user, and refreshes it every ``refresh_seconds`` (ACL users are server
+    config, gone after a restart). ``r`` itself, which delivers, may be a least-privilege user.
     The isolated workers connect to ``url`` as their tenant. ``tenant_ids`` lists the tenants to
     serve, every tenant by default. ``worker_options`` go to every ``DeliveryWorker``.
     """
@@ -87,11 +88,13 @@ class WorkerPool:
         tenant_ids: Callable[[], Sequence[str]] | None = None,
         refresh_seconds: float = 5.0,
         block_ms: int = 200,
+        acl_admin: redis.Redis | None = None,
         **worker_options: Any,
     ):
         if refresh_seconds <= 0:
             raise ValueError(f"refresh_seconds must be > 0, got {refresh_seconds}")
         self.r = r
+        self._acl_admin = acl_admin or r
         self.url = url
         self.consumer = consumer
         self.refresh_seconds = refresh_seconds
@@ -216,7 +219,7 @@ class WorkerPool:
             runner.ensure_running(self.block_ms)
 
     def _refresh_isolated(self, tenant_id: str) -> None:
-        credentials = acl.create_tenant_user(self.r, tenant_id)
+        credentials = acl.create_tenant_user(self._acl_admin, tenant_id)
         current = self._isolated.get(tenant_id)
         if current is not None:
             if current.credentials.password == credentials.password:

@@ -84,6 +84,7 @@ def serve_app(settings: Settings, redis_server: EmbeddedRedis, ray_session: None
     from serving.app import start_serve
     from serving.args import ServingArgs
 
-    start_serve(settings, ServingArgs.from_settings(settings, redis_server.url))
+    # As `pushpilot serve` does: the least-privilege user, not the admin.
+    start_serve(settings, ServingArgs.from_settings(settings, redis_server.app_url))
     yield settings.http_url
     serve.shutdown()
