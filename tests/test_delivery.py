@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -77,8 +78,10 @@ def snapshot(r: redis.Redis, tenant_id: str) -> dict[str, bytes]:
 
 
 def _url(r: redis.Redis) -> str:
+    """The URL that reaches r's server as r's user (the embedded server requires a login)."""
     kw = r.connection_pool.connection_kwargs
-    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+    auth = f"{quote(kw['username'], safe='')}:{quote(kw['password'], safe='')}@"
+    return f"redis://{auth}{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
 
 
 def write_legacy_record(r: redis.Redis, tenant_id: str, push_id: str, user_id: str,

@@ -33,13 +33,14 @@ def statuses(r, tenant_id, push_ids):
     return [status_trail(r, tenant_id, p)[-1] for p in push_ids]
 
 
-def test_concurrent_takers_never_get_more_tokens_than_the_bucket_holds(redis_client,
-                                                                       new_tenant_id):
+def test_concurrent_takers_never_get_more_tokens_than_the_bucket_holds(
+    redis_server, redis_client, new_tenant_id
+):
     tenant_id = new_tenant_id()
     granted: list[int] = []
 
     def taker() -> None:
-        client = connect(_url(redis_client))
+        client = connect(redis_server.url)
         for _ in range(40):
             granted.append(ratelimit.take(client, tenant_id, 1, rate=0.001, burst=100).granted)
         client.close()
@@ -179,11 +180,6 @@ def test_quiet_hours_follow_each_users_time_zone(redis_client, new_tenant_id):
     assert newyork["status"] == "delivered" and code["status"] == "delivered"
     assert [f["push_id"] for _, f in redis_client.xrange(keys.inbox_stream(tenant_id, "tokyo"))
             ] == ["code0"]
-
-
-def _url(r) -> str:
-    kw = r.connection_pool.connection_kwargs
-    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
 
 
 def test_a_pass_serves_tenants_in_proportion_to_their_weights(redis_client, new_tenant_id):

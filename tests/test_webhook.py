@@ -15,6 +15,7 @@ from pipeline.channels.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhoo
 from pipeline.delivery import DeliveryWorker
 from pipeline.outbox import Push, enqueue
 from pipeline.receipts import DEFAULT_RETENTION_SECONDS, status_counts, status_trail
+from pipeline.redis_server import connect
 
 
 class Endpoint:
@@ -192,13 +193,14 @@ def test_5xx_gives_up_after_max_tries(redis_client, tenant_id, endpoint):
     assert letter["tries"] == "3" and "HTTP 502" in letter["reason"]
 
 
-def test_a_hanging_endpoint_does_not_hold_up_another_tenants_pushes(redis_client, tenant_id,
-                                                                    endpoint, new_tenant_id):
+def test_a_hanging_endpoint_does_not_hold_up_another_tenants_pushes(
+    redis_server, redis_client, tenant_id, endpoint, new_tenant_id
+):
     endpoint.script["slow"] = ["timeout"]  # answers after a second
     other = new_tenant_id("other")
     tenants.create_tenant(redis_client, other)
     channel = WebhookChannel(redis_client, timeout_seconds=3)
-    worker = DeliveryWorker(connect_like(redis_client), [tenant_id, other], consumer="w1",
+    worker = DeliveryWorker(connect(redis_server.url), [tenant_id, other], consumer="w1",
                             channels={"webhook": channel})
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_ms": 20})
@@ -226,10 +228,3 @@ def wait_for(condition, timeout_seconds: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
-
-
-def connect_like(r):
-    from pipeline.redis_server import connect
-
-    kw = r.connection_pool.connection_kwargs
-    return connect(f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}")

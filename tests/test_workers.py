@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -219,7 +220,9 @@ def test_a_tenant_whose_acl_user_cannot_be_made_is_not_delivered_at_all(
     name = f"pp-test-noadmin-{uuid.uuid4().hex[:6]}"
     redis_client.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", "+@all",
                                  "-@admin")
-    not_admin = connect(redis_server.url, username=name, password="pw")
+    # The server's URL carries the admin's own credentials, which would win over these.
+    port = urlsplit(redis_server.url).port
+    not_admin = connect(f"redis://127.0.0.1:{port}/0", username=name, password="pw")
     try:
         pool = make_pool([isolated, shared], r=not_admin)
         with caplog.at_level(logging.ERROR, logger="serving.workers"):
@@ -239,10 +242,11 @@ def test_an_admin_url_with_a_password_still_logs_the_worker_in_as_the_tenant(
     redis_server, redis_client, make_tenant, make_pool
 ):
     tenant_id = make_tenant("iso", _ISOLATED)
-    # The default user takes any password: this URL logs in as the admin if its user wins.
-    admin_url = redis_server.url.replace("redis://", "redis://default:anything@")
+    # The embedded server's URL names its admin and password: it logs in as the admin if its
+    # user wins.
+    admin_url = redis_server.url
     with connect(admin_url) as as_admin:
-        assert as_admin.acl_whoami() == "default"
+        assert as_admin.acl_whoami() == "pushpilot-admin"
 
     pool = make_pool([tenant_id], url=admin_url)
     pool.refresh()
