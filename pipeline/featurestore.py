@@ -35,6 +35,8 @@ __all__ = [
     "FeatureLayoutError",
     "store_features",
     "update_features",
+    "check_feature_layout",
+    "clear_features",
     "load_features",
     "load_feature_matrix",
     "store_profiles",
@@ -111,25 +113,42 @@ def update_features(r: redis.Redis, tenant_id: str, features: pd.DataFrame) -> i
     """
     key = keys.user_features(tenant_id)
     columns = [str(c) for c in features.columns]
-    raw_columns, encoding = r.hmget(keys.tenant_meta(tenant_id), ["feature_columns", "feature_encoding"])
-    if isinstance(encoding, bytes):
-        encoding = encoding.decode()
-    if raw_columns and (json.loads(raw_columns) != columns or encoding != FEATURE_ENCODING):
-        raise FeatureLayoutError(
-            f"tenant {tenant_id!r} stores online features with columns {json.loads(raw_columns)} "
-            f"(encoding {encoding or 'json'}), not {columns}; replace them all with store_features")
+    is_new = check_feature_layout(r, tenant_id, columns)
     packed = np.ascontiguousarray(features.to_numpy(dtype=np.float64), dtype=_DTYPE).tobytes()
     width = _DTYPE.itemsize * len(columns)
     items = [(str(uid), packed[i * width : (i + 1) * width])
              for i, uid in enumerate(features.index)]
     pipe = r.pipeline(transaction=False)
-    if not raw_columns:
+    if is_new:
         pipe.hset(keys.tenant_meta(tenant_id), mapping={"feature_columns": json.dumps(columns),
                                                         "feature_encoding": FEATURE_ENCODING})
     for start in range(0, len(items), _BATCH):
         pipe.hset(key, mapping=dict(items[start : start + _BATCH]))
     pipe.execute()
     return len(items)
+
+
+def clear_features(r: redis.Redis, tenant_id: str) -> None:
+    """Drop the tenant's online features, their layout and send hours (profiles stay)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.delete(keys.user_features(tenant_id), keys.send_hours(tenant_id))
+    pipe.hdel(keys.tenant_meta(tenant_id), "feature_columns", "feature_encoding")
+    pipe.execute()
+
+
+def check_feature_layout(r: redis.Redis, tenant_id: str, columns: list[str]) -> bool:
+    """Whether the tenant has no stored layout yet; FeatureLayoutError if it has another."""
+    raw_columns, encoding = r.hmget(keys.tenant_meta(tenant_id), ["feature_columns", "feature_encoding"])
+    if not raw_columns:
+        return True
+    if isinstance(encoding, bytes):
+        encoding = encoding.decode()
+    stored = list(json.loads(raw_columns))
+    if stored != columns or encoding != FEATURE_ENCODING:
+        raise FeatureLayoutError(
+            f"tenant {tenant_id!r} stores online features with columns {stored} "
+            f"(encoding {encoding or 'json'}), not {columns}; replace them all (`pushpilot data load --replace`, or store_features)")
+    return False
 
 
 def feature_columns(r: redis.Redis, tenant_id: str) -> list[str]:
