@@ -44,6 +44,8 @@ from pipeline.featurestore import (
 )
 from pipeline.privacy import PrivacyPolicy, load_policy, save_policy
 from pipeline.redis_server import connect, connect_async
+from pipeline.redishealth import RedisHealth
+from serving import outage
 from serving.args import ServingArgs
 from serving.scorer import ChampionLoader, TenantModel, predict_batch, reasons_for
 
@@ -139,6 +141,7 @@ def _render_metrics(push_counts: dict[str, dict[str, int]]) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+app.add_middleware(outage.RedisOutageMiddleware)
 app.add_middleware(_BodyLimitAndMetrics)
 
 _USER_ID = r"^[A-Za-z0-9_.:@-]{1,128}$"
@@ -273,12 +276,17 @@ class Api:
         self._seen_series: set[tuple[str, str]] = set()
         self._key_cache: dict[str, tuple[tenants.ApiKey, tenants.Plan, float]] = {}
         self._stop = threading.Event()
+        # Its own client with timeouts, so a probe never hangs on a Redis that went away.
+        self._health = outage.watch(RedisHealth(
+            connect(args.redis_url, socket_timeout=2, socket_connect_timeout=2, max_connections=2),
+            max_backoff_seconds=10))
+        self._health.start(self._stop)
         threading.Thread(target=self._feed_guard, name="guard-feed", daemon=True).start()
 
     def _feed_guard(self) -> None:
         """Every second, hand each finished second of API traffic to the tenant's guard."""
         while not self._stop.wait(1.0):
-            for tenant_id, series in list(self._seen_series):
+            for tenant_id, series in list(self._seen_series) if self._health.is_up else []:
                 try:
                     # One replica feeds a tenant at a time; the others skip this round.
                     if not self._r.set(keys.guard_lock(tenant_id), "1", nx=True, px=900):
@@ -474,8 +482,10 @@ class Api:
         )
 
     def check_health(self) -> None:
-        """Ray Serve's replica health check: a replica that cannot reach Redis is replaced."""
-        self._r.ping()
+        """Ray Serve's replica health check. Not Redis: a replica without it answers 503 and
+        probes with backoff, where replacing it (as before) restarted replicas in a loop."""
+        if not self._health.is_watching:
+            raise RuntimeError("the replica's Redis health probe stopped")
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:

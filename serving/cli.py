@@ -196,18 +196,19 @@ def data_load(
 @cli.command("serve")
 def serve_cmd() -> None:
     """Run the HTTP API and realtime gateway on Ray Serve until interrupted."""
-    from serving.app import start_serve, stop_serve
+    from serving.app import start_ray, start_serve, stop_serve
     from serving.args import ServingArgs
 
     settings = _settings()
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        start_serve(settings, ServingArgs.from_settings(settings, url))
-        typer.echo(f"pushpilot serving on {settings.http_url} (docs at {settings.http_url}/docs)")
         try:
-            while not stop.wait(1.0):
-                pass
+            start_ray(settings)
+            # SIGTERM as Ctrl-C, set after ray.init: Ray's own handler killed the process
+            # without shutting Ray down, and its agents kept running.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            start_serve(settings, ServingArgs.from_settings(settings, url))
+            typer.echo(f"pushpilot serving on {settings.http_url} (docs at {settings.http_url}/docs)")
+            threading.Event().wait()
         except KeyboardInterrupt:
             pass
         finally:
