@@ -32,13 +32,18 @@ from pipeline import keys
 __all__ = [
     "FEATURE_ENCODING",
     "FeatureMatrix",
+    "FeatureLayoutError",
     "store_features",
+    "update_features",
+    "check_feature_layout",
+    "clear_features",
     "load_features",
     "load_feature_matrix",
     "store_profiles",
     "load_profile",
     "feature_columns",
     "store_send_hours",
+    "update_send_hours",
     "load_send_hours",
 ]
 
@@ -46,6 +51,10 @@ FEATURE_ENCODING = "f64le"
 _DTYPE = np.dtype("<f8")
 _BATCH = 5_000
 _FETCH_CHUNK = 10_000
+
+
+class FeatureLayoutError(ValueError):
+    """The tenant's stored features have other columns than the rows being written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,52 @@ def store_features(r: redis.Redis, tenant_id: str, features: pd.DataFrame) -> in
         pipe.hset(key, mapping=dict(items[start : start + _BATCH]))
     pipe.execute()
     return len(items)
+
+
+def update_features(r: redis.Redis, tenant_id: str, features: pd.DataFrame) -> int:
+    """Write these users' rows, leaving the tenant's other users as they are.
+
+    The columns must be the ones already stored (or none are stored yet): rows of two layouts
+    in one hash could not be read back.
+    """
+    key = keys.user_features(tenant_id)
+    columns = [str(c) for c in features.columns]
+    is_new = check_feature_layout(r, tenant_id, columns)
+    packed = np.ascontiguousarray(features.to_numpy(dtype=np.float64), dtype=_DTYPE).tobytes()
+    width = _DTYPE.itemsize * len(columns)
+    items = [(str(uid), packed[i * width : (i + 1) * width])
+             for i, uid in enumerate(features.index)]
+    pipe = r.pipeline(transaction=False)
+    if is_new:
+        pipe.hset(keys.tenant_meta(tenant_id), mapping={"feature_columns": json.dumps(columns),
+                                                        "feature_encoding": FEATURE_ENCODING})
+    for start in range(0, len(items), _BATCH):
+        pipe.hset(key, mapping=dict(items[start : start + _BATCH]))
+    pipe.execute()
+    return len(items)
+
+
+def clear_features(r: redis.Redis, tenant_id: str) -> None:
+    """Drop the tenant's online features, their layout and send hours (profiles stay)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.delete(keys.user_features(tenant_id), keys.send_hours(tenant_id))
+    pipe.hdel(keys.tenant_meta(tenant_id), "feature_columns", "feature_encoding")
+    pipe.execute()
+
+
+def check_feature_layout(r: redis.Redis, tenant_id: str, columns: list[str]) -> bool:
+    """Whether the tenant has no stored layout yet; FeatureLayoutError if it has another."""
+    raw_columns, encoding = r.hmget(keys.tenant_meta(tenant_id), ["feature_columns", "feature_encoding"])
+    if not raw_columns:
+        return True
+    if isinstance(encoding, bytes):
+        encoding = encoding.decode()
+    stored = list(json.loads(raw_columns))
+    if stored != columns or encoding != FEATURE_ENCODING:
+        raise FeatureLayoutError(
+            f"tenant {tenant_id!r} stores online features with columns {stored} "
+            f"(encoding {encoding or 'json'}), not {columns}; replace them all (`pushpilot data load --replace`, or store_features)")
+    return False
 
 
 def feature_columns(r: redis.Redis, tenant_id: str) -> list[str]:
@@ -198,6 +253,14 @@ def store_send_hours(r: redis.Redis, tenant_id: str, hours: pd.Series) -> int:
     for start in range(0, len(pairs), _BATCH):
         pipe.hset(key, mapping=dict(pairs[start : start + _BATCH]))
     pipe.execute()
+    return len(items)
+
+
+def update_send_hours(r: redis.Redis, tenant_id: str, hours: pd.Series) -> int:
+    """Write these users' best send hours, leaving the tenant's other users as they are."""
+    items = {str(u): int(h) for u, h in hours.items()}
+    if items:
+        r.hset(keys.send_hours(tenant_id), mapping=items)
     return len(items)
 
 

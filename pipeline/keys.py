@@ -33,6 +33,7 @@ __all__ = [
     "rate_bucket",
     "user_frequency",
     "user_features",
+    "user_history",
     "user_profiles",
     "quarantine",
     "privacy_policy",
@@ -157,6 +158,11 @@ def inbox_channel(tenant_id: str) -> str:
 def user_features(tenant_id: str) -> str:
     """Hash: user id -> feature vector at the latest cutoff (packed float64; see featurestore)."""
     return f"{_tenant(tenant_id)}:features"
+
+
+def user_history(tenant_id: str, user_id: str) -> str:
+    """String: the user's ingested events, packed records appended on arrival (onlinefeatures)."""
+    return f"{_tenant(tenant_id)}:history:{_part('user_id', user_id)}"
 
 
 def user_profiles(tenant_id: str) -> str:

@@ -45,6 +45,8 @@ from pipeline.featurestore import (
 from pipeline.privacy import PrivacyPolicy, load_policy, save_policy
 from pipeline.privacy.edge import USER_ID_PATTERN, EdgeScreen
 from pipeline.redis_server import connect, connect_async
+from pipeline.redishealth import RedisHealth
+from serving import outage
 from serving.args import ServingArgs
 from serving.scorer import ChampionLoader, TenantModel, predict_batch, reasons_for
 
@@ -140,13 +142,13 @@ def _render_metrics(push_counts: dict[str, dict[str, int]]) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+app.add_middleware(outage.RedisOutageMiddleware)
 app.add_middleware(_BodyLimitAndMetrics)
 
 _USER_ID = USER_ID_PATTERN
 DEFAULT_SEND_HOUR = 19
 _KEY_CACHE_SECONDS = 5.0
 _POLICY_CACHE_SECONDS = 5.0
-_STORE_RETRY_AFTER_SECONDS = 5
 # An event from before 1970 or more than a day ahead of our clock is a client's bug, not behaviour.
 _EVENT_MAX_AHEAD_SECONDS = 86_400
 # JSON numbers only: no NaN, no Infinity (nor 1e400, which parses as infinity).
@@ -196,9 +198,7 @@ async def _store_unavailable(request: Request, exc: redis.RedisError) -> JSONRes
     # client was told about, and the same request later is safe (writes here are idempotent).
     log.warning("%s %s: the store is unavailable: %s", request.method, request.url.path,
                 type(exc).__name__)
-    return _problem(503, "Service Unavailable",
-                    "the data store is unavailable (restarting or unreachable); retry the same "
-                    "request after Retry-After seconds", retry_after=_STORE_RETRY_AFTER_SECONDS)
+    return outage.unavailable(exc)
 
 
 @app.exception_handler(InvalidInputError)
@@ -327,11 +327,18 @@ class Api:
         self._screen = EdgeScreen()
         self._policy_cache: dict[str, tuple[PrivacyPolicy, bytes, float]] = {}
         self._stop = threading.Event()
+        # Its own client with timeouts, so a probe never hangs on a Redis that went away.
+        self._health = outage.watch(RedisHealth(
+            connect(args.redis_url, socket_timeout=2, socket_connect_timeout=2, max_connections=2),
+            max_backoff_seconds=10))
+        self._health.start(self._stop)
         threading.Thread(target=self._feed_guard, name="guard-feed", daemon=True).start()
 
     def _feed_guard(self) -> None:
         """Every second, hand each finished second of API traffic to the tenant's guard."""
         while not self._stop.wait(1.0):
+            if not self._health.is_up:
+                continue  # nothing to feed with; the probe says when Redis is back
             by_tenant: dict[str, list[str]] = {}
             for tenant_id, series in list(self._seen_series):
                 by_tenant.setdefault(tenant_id, []).append(series)
@@ -563,12 +570,15 @@ class Api:
         )
 
     def check_health(self) -> None:
-        """Ray Serve's replica health check: the replica itself is fine if it answers.
+        """Ray Serve's replica health check: the replica itself is fine if it answers and its
+        Redis probe runs.
 
         Redis being unreachable is not a fault of the replica, and replacing replicas would not
         bring it back (they restarted in a loop at 100% CPU): while it lasts, requests get 503
-        problem+json with Retry-After and /readyz says why.
+        problem+json with Retry-After, the probe backs off, and /readyz says why.
         """
+        if not self._health.is_watching:
+            raise RuntimeError("the replica's Redis health probe stopped")
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:

