@@ -494,23 +494,27 @@ def test_push_with_unknown_lane_enqueues_nothing(world: World, redis_server: Emb
 
 
 def _tenant_values(r: redis.Redis, tenant_id: str) -> str:
-    """Every key name and every value of the tenant, as one text to search."""
+    """Every key name and every value of the tenant, as one text to search (read as bytes:
+    features and event histories are packed binary)."""
+    raw = redis.Redis(connection_pool=redis.ConnectionPool(
+        **{**r.connection_pool.connection_kwargs, "decode_responses": False}))
     out = []
     for key in r.scan_iter(match=keys.tenant_pattern(tenant_id), count=1000):
         out.append(key)
         kind = r.type(key)
         if kind == "string":
-            out.append(str(r.get(key)))
+            out.append(repr(raw.get(key)))
         elif kind == "hash":
-            out.append(repr(r.hgetall(key)))
+            out.append(repr(raw.hgetall(key)))
         elif kind == "stream":
-            out.append(repr(r.xrange(key)))
+            out.append(repr(raw.xrange(key)))
         elif kind == "zset":
-            out.append(repr(r.zrange(key, 0, -1)))
+            out.append(repr(raw.zrange(key, 0, -1)))
         elif kind == "set":
-            out.append(repr(r.smembers(key)))
+            out.append(repr(raw.smembers(key)))
         elif kind == "list":
-            out.append(repr(r.lrange(key, 0, -1)))
+            out.append(repr(raw.lrange(key, 0, -1)))
+    raw.close()
     return "\n".join(out)
 
 
