@@ -87,14 +87,18 @@ class FeatureMatrix:
                             columns=self.columns)
 
 
+def _packed_rows(features: pd.DataFrame) -> list[tuple[str, bytes]]:
+    """(user id, the row as little-endian float64) for each row of the frame."""
+    packed = np.ascontiguousarray(features.to_numpy(dtype=np.float64), dtype=_DTYPE).tobytes()
+    width = _DTYPE.itemsize * features.shape[1]
+    return [(str(uid), packed[i * width : (i + 1) * width]) for i, uid in enumerate(features.index)]
+
+
 def store_features(r: redis.Redis, tenant_id: str, features: pd.DataFrame) -> int:
     """Replace the tenant's online features with this frame (index user_id, numeric columns)."""
     key = keys.user_features(tenant_id)
     columns = [str(c) for c in features.columns]
-    packed = np.ascontiguousarray(features.to_numpy(dtype=np.float64), dtype=_DTYPE).tobytes()
-    width = _DTYPE.itemsize * len(columns)
-    items = [(str(uid), packed[i * width : (i + 1) * width])
-             for i, uid in enumerate(features.index)]
+    items = _packed_rows(features)
     pipe = r.pipeline(transaction=False)
     pipe.delete(key)
     pipe.hset(keys.tenant_meta(tenant_id), mapping={"feature_columns": json.dumps(columns),
@@ -114,10 +118,7 @@ def update_features(r: redis.Redis, tenant_id: str, features: pd.DataFrame) -> i
     key = keys.user_features(tenant_id)
     columns = [str(c) for c in features.columns]
     is_new = check_feature_layout(r, tenant_id, columns)
-    packed = np.ascontiguousarray(features.to_numpy(dtype=np.float64), dtype=_DTYPE).tobytes()
-    width = _DTYPE.itemsize * len(columns)
-    items = [(str(uid), packed[i * width : (i + 1) * width])
-             for i, uid in enumerate(features.index)]
+    items = _packed_rows(features)
     pipe = r.pipeline(transaction=False)
     if is_new:
         pipe.hset(keys.tenant_meta(tenant_id), mapping={"feature_columns": json.dumps(columns),
