@@ -493,29 +493,32 @@ def test_push_with_unknown_lane_enqueues_nothing(world: World, redis_server: Emb
 # --- the edge: personal data, hostile input, acks, outages (issue 21) -------------------------
 
 
+def _flat(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, dict):
+        return b" ".join(k + b"=" + _flat(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set):
+        return b" ".join(_flat(v) for v in value)
+    return b"" if value is None else str(value).encode()
+
+
 def _tenant_values(r: redis.Redis, tenant_id: str) -> str:
-    """Every key name and every value of the tenant, as one text to search (read as bytes:
-    features and event histories are packed binary)."""
-    raw = redis.Redis(connection_pool=redis.ConnectionPool(
-        **{**r.connection_pool.connection_kwargs, "decode_responses": False}))
+    """Every key name and every value of the tenant, as one text to search. Read as bytes
+    (features and event histories are packed binary) and decoded as UTF-8 with undecodable
+    bytes escaped, so a planted value is found as it was written, non-ASCII included."""
+    pool = redis.ConnectionPool(**{**r.connection_pool.connection_kwargs, "decode_responses": False})
+    raw = redis.Redis(connection_pool=pool)
+    read = {"string": raw.get, "hash": raw.hgetall, "stream": raw.xrange, "set": raw.smembers,
+            "zset": lambda k: raw.zrange(k, 0, -1), "list": lambda k: raw.lrange(k, 0, -1)}
     out = []
-    for key in r.scan_iter(match=keys.tenant_pattern(tenant_id), count=1000):
-        out.append(key)
-        kind = r.type(key)
-        if kind == "string":
-            out.append(repr(raw.get(key)))
-        elif kind == "hash":
-            out.append(repr(raw.hgetall(key)))
-        elif kind == "stream":
-            out.append(repr(raw.xrange(key)))
-        elif kind == "zset":
-            out.append(repr(raw.zrange(key, 0, -1)))
-        elif kind == "set":
-            out.append(repr(raw.smembers(key)))
-        elif kind == "list":
-            out.append(repr(raw.lrange(key, 0, -1)))
-    raw.close()
-    return "\n".join(out)
+    try:
+        for key in raw.scan_iter(match=keys.tenant_pattern(tenant_id), count=1000):
+            kind = raw.type(key).decode()
+            out.append(key + b" " + (_flat(read[kind](key)) if kind in read else b""))
+    finally:
+        pool.disconnect()
+    return b"\n".join(out).decode("utf-8", "backslashreplace")
 
 
 @pytest.fixture
