@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,8 @@ __all__ = [
     "score_file",
     "optimise_threshold",
     "score_corpus",
+    "LeftOutScore",
+    "left_out_score",
     "read_windows",
 ]
 
@@ -315,6 +317,58 @@ def score_corpus(
     if perfect == null:
         raise ValueError("the corpus has no labelled windows; NAB cannot normalise its score")
     return CorpusScore(threshold, 100.0 * (raw - null) / (perfect - null), raw, null, perfect, files)
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOutScore:
+    """A corpus scored with each group's threshold optimised on the other groups only."""
+
+    score: float
+    by_group: dict[str, float]
+    thresholds: dict[str, float]
+    files: tuple[FileScore, ...]
+
+
+def _category(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def left_out_score(
+    corpus: Mapping[str, tuple[LabelledSeries, ArrayLike]],
+    profile: CostProfile = STANDARD_PROFILE,
+    group: Callable[[str], str] = _category,
+) -> LeftOutScore:
+    """The cross-validated NAB score: each group of files (a category, by default) is scored at
+    the threshold optimised on all the other groups, and the held-out raw scores are summed and
+    normalised as :func:`score_corpus` does. With a single group, each file is left out instead.
+
+    This is the score to expect on series like these that the threshold never saw; the in-sample
+    :func:`score_corpus` is an upper bound of it.
+    """
+    names = sorted(corpus)
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(group(name), []).append(name)
+    if len(groups) < 2:
+        groups = {name: [name] for name in names}
+    if len(groups) < 2:
+        raise ValueError("leaving a group out needs at least two files; give a larger corpus")
+    files: list[FileScore] = []
+    by_group: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
+    for key, members in sorted(groups.items()):
+        others = [corpus[name] for name in names if name not in set(members)]
+        threshold, _ = optimise_threshold(others, profile)
+        scored = [score_file(*corpus[name], threshold, profile) for name in members]
+        files.extend(scored)
+        by_group[key] = _normalised(scored)
+        thresholds[key] = threshold
+    raw = sum(f.raw for f in files)
+    null = sum(f.null for f in files)
+    perfect = sum(f.perfect for f in files)
+    if perfect == null:
+        raise ValueError("the corpus has no labelled windows; NAB cannot normalise its score")
+    return LeftOutScore(100.0 * (raw - null) / (perfect - null), by_group, thresholds, tuple(files))
 
 
 def read_windows(path: Path) -> dict[str, list[tuple[str, str]]]:
