@@ -143,6 +143,10 @@ class ARTime:
         A scaled value this close to the running median level is snapped onto it.
     initial_vigilance : float, default=0.8
         Vigilance of the scratch ART that sets the first vigilance.
+    value_range : (float, float) or None, default=None
+        Fixed ``(low, high)`` to scale values by. ``None`` (causal) scales by the running minimum
+        and maximum of the rows seen so far; NAB's harness gives published detectors the whole
+        file's range (``models.streaming.with_harness``), which looks ahead.
     """
 
     learning_rows: int = 750
@@ -151,6 +155,7 @@ class ARTime:
     levels: int = 80
     chomp: float = 0.075
     initial_vigilance: float = 0.8
+    value_range: tuple[float, float] | None = None
 
     def _check(self) -> None:
         for name in ("learning_rows", "window", "windows_per_learning", "levels"):
@@ -198,7 +203,10 @@ class ARTime:
         if not len(x):
             return out
         run = _Run(self)
-        lows, highs = np.minimum.accumulate(x), np.maximum.accumulate(x)
+        if self.value_range is None:
+            lows, highs = np.minimum.accumulate(x), np.maximum.accumulate(x)
+        else:
+            lows, highs = np.full(len(x), self.value_range[0]), np.full(len(x), self.value_range[1])
         step = self.block_rows
         for end in range(step, len(x) + 1, step):
             out[end - 1] = run.add_block(x[end - step:end], lows[end - 1], highs[end - 1])

@@ -10,15 +10,18 @@ from models.artime import ARTime, haar_transform
 from models.streaming import (
     DEFAULT_DETECTOR,
     DETECTORS,
+    NabHarness,
     RateBurstDetector,
     SeasonalARTime,
     SeasonalLikelihood,
+    TailRank,
     WindowedGaussian,
     make_detector,
     sampling_slots_per_day,
+    with_harness,
 )
 
-ALL_DETECTORS = [SeasonalARTime(), SeasonalLikelihood(), ARTime(), WindowedGaussian()]
+ALL_DETECTORS = [TailRank(), SeasonalARTime(), SeasonalLikelihood(), ARTime(), WindowedGaussian()]
 
 
 def _daily(n: int = 4000, seed: int = 0) -> tuple[pd.DatetimeIndex, np.ndarray]:
@@ -86,8 +89,80 @@ def test_the_default_detector_alerts_once_where_either_part_is_the_most_surprise
     for row in np.flatnonzero(kept):  # a score survives only as a new maximum of 300 rows
         assert both[row] > parts[max(0, row - 300):row].max(initial=0.0)
     assert kept.sum() < (parts > 0).sum()  # the flat stretch is one alert, not one per part
-    assert isinstance(make_detector(DEFAULT_DETECTOR), SeasonalARTime)
-    assert set(DETECTORS) == {"seasonal-artime", "seasonal-likelihood", "artime", "windowed-gaussian"}
+
+
+def test_the_default_is_tail_rank_and_every_name_makes_its_detector() -> None:
+    assert isinstance(make_detector(DEFAULT_DETECTOR), TailRank)
+    assert set(DETECTORS) == {"tail-rank", "seasonal-artime", "seasonal-likelihood", "artime",
+                              "windowed-gaussian"}
+    for name, kind in DETECTORS.items():
+        assert isinstance(make_detector(name), kind)
+
+
+def test_tail_rank_flags_each_kind_of_change_where_it_starts() -> None:
+    # A noisy daily rhythm; each change below is planted in its own copy, after 1500 rows.
+    changes = {
+        "burst": lambda v: v.__setitem__(slice(3000, 3003), v[3000:3003] + 150.0),
+        "drop": lambda v: v.__setitem__(slice(3000, 3040), 0.0),
+        "level shift": lambda v: v.__setitem__(slice(3000, None), v[3000:] + 60.0),
+        "flat rhythm": lambda v: v.__setitem__(slice(3000, 3100), 50.0),
+    }
+    stamps, clean = _daily(seed=3)
+    quiet = TailRank().score(stamps, clean)[1500:].max()  # the clean series' worst noise
+    for name, plant in changes.items():
+        values = clean.copy()
+        plant(values)
+        scores = TailRank().score(stamps, values)
+        # Within three rows of the start, an alert above anything the clean series scored.
+        assert scores[3000:3003].max() > quiet, (name, scores[3000:3003], quiet)
+        assert not scores[1500:3000].any() or scores[1500:3000].max() <= quiet, name
+    # A burst and a lasting shift are beyond every value of the history: the top score.
+    for name in ("burst", "level shift"):
+        values = clean.copy()
+        changes[name](values)
+        assert TailRank().score(stamps, values)[3000:3003].max() == 1.0, name
+
+
+def test_tail_rank_is_scale_free_and_silent_on_a_flat_line() -> None:
+    stamps, values = _daily(seed=5)
+    values[3000:3003] += 150.0
+    scores = TailRank().score(stamps, values)
+    # Ranks, not distances: any increasing affine change of the values gives the same scores.
+    np.testing.assert_allclose(TailRank().score(stamps, 1000 * values + 7), scores)
+    assert not TailRank().score(stamps, np.full(len(stamps), 3.0)).any()
+    parts = TailRank().surprises(stamps, values)
+    assert set(parts) == {"level", "step", "seasonal"}
+    assert not any(part[:100].any() for part in parts.values())  # min_rows of learning first
+
+
+def test_tail_rank_rejects_bad_parameters() -> None:
+    stamps, values = _daily(300)
+    for bad in ({"history": 0}, {"short": 1.5}, {"seasonal_alpha": 0.0}):
+        with pytest.raises(ValueError, match="must be"):
+            TailRank(**bad).score(stamps, values)
+
+
+def test_the_nab_harness_gives_the_file_range_and_probation_and_is_not_causal() -> None:
+    stamps, values = _daily()
+    values[3500:3510] += 100.0
+    harness = NabHarness.of(values, probation=600)
+    assert (harness.low, harness.high, harness.probation) == (values.min(), values.max(), 600)
+    artime = with_harness(ARTime(), harness)
+    assert artime.value_range == (values.min(), values.max()) and artime.learning_rows == 600
+    assert with_harness(ARTime(), NabHarness(0.0, 1.0, 50)).learning_rows == 2 * 8 * 13
+    assert with_harness(TailRank(), harness).min_rows == 600
+    assert with_harness(WindowedGaussian(), harness) == WindowedGaussian()
+    both = with_harness(SeasonalARTime(), harness)
+    assert both.shapes == artime and both.likelihood.min_rows == 600
+    # The whole file's range reaches back: the spike at 3500 squeezes the scale, and the flat
+    # stretch at 3000 that the prefix's own range shows is no longer seen.
+    values[3000:3100] = 50.0
+    whole = with_harness(ARTime(), NabHarness.of(values, 600)).score(stamps, values)
+    prefix = with_harness(ARTime(), NabHarness.of(values[:3200], 600)).score(stamps[:3200], values[:3200])
+    assert prefix[3000:3100].any() and not whole[3000:3100].any()
+    assert ARTime().score(stamps, values)[3000:3100].any()  # the causal form sees it
+    with pytest.raises(ValueError, match="needs the file's values"):
+        NabHarness.of([], probation=10)
 
 
 def test_haar_transform_is_orthonormal_with_the_mean_first() -> None:
