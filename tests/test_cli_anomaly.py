@@ -37,14 +37,52 @@ def test_detect_writes_the_series_back_with_a_causal_score(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_eval_prints_files_and_both_scores_in_one_json_line(tmp_path: Path) -> None:
+def test_eval_prints_files_the_left_out_scores_and_the_baselines_in_one_run(tmp_path: Path) -> None:
     done = _run(tmp_path, "eval", "--data", str(NAB / "data"), "--windows", str(NAB / "windows.json"))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert sum(": raw=" in line for line in lines) == 18
+    table = [line.split() for line in lines if line.split()[:1] in (["tail-rank"], ["windowed-gaussian"])]
+    assert [row[0] for row in table] == ["tail-rank", "windowed-gaussian"]
     summary = json.loads(lines[-1])
+    assert summary["detector"] == "tail-rank"
     assert summary["windowed-gaussian"]["score"] == pytest.approx(12.1, abs=0.5)
-    assert summary["seasonal-artime"]["score"] >= 63.0  # the default detector; 63.55 in docs/anomaly.md
+    ours = summary["tail-rank"]  # 49.01 in-sample, 46.76 left out (docs/anomaly.md)
+    assert ours["score"] >= 48.5 and ours["left_out"] >= 46.0
+    assert set(ours["left_out_by_category"]) == {"artificialNoAnomaly", "artificialWithAnomaly",
+                                                 "realKnownCause"}
+    assert float(table[0][2]) == pytest.approx(ours["left_out"], abs=0.01)
+    assert summary["seasonal-artime"]["score"] == pytest.approx(63.55, abs=0.05)  # the old default
+
+
+@pytest.mark.slow
+def test_a_written_corpus_evaluates_with_the_harness_reported_apart(tmp_path: Path) -> None:
+    written = _run(tmp_path, "corpus", "--out", str(tmp_path / "c"), "--seed", "3",
+                   "--files-per-category", "2")
+    assert written.returncode == 0, written.stderr
+    counts = json.loads(written.stdout)
+    assert counts["files"] == 6 and counts["seed"] == 3
+    done = _run(tmp_path, "eval", "--data", str(tmp_path / "c" / "data"), "--windows",
+                str(tmp_path / "c" / "windows.json"), "--baseline", "windowed-gaussian",
+                "--baseline", "artime", "--nab-harness")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {k for k in summary if isinstance(summary[k], dict)} == {
+        "tail-rank", "windowed-gaussian", "artime", "tail-rank+harness",
+        "windowed-gaussian+harness", "artime+harness"}
+    assert set(summary["tail-rank"]["left_out_by_category"]) == {"synthHourly", "synthMetrics",
+                                                                 "synthRequests"}
+    # The windowed Gaussian takes nothing from the harness; ARTime's range does change its scores.
+    assert summary["windowed-gaussian+harness"]["raw"] == summary["windowed-gaussian"]["raw"]
+    again = _run(tmp_path, "corpus", "--out", str(tmp_path / "c"))
+    assert again.returncode == 2 and "already holds a corpus" in again.stderr
+    assert json.loads((tmp_path / "c" / "truth.json").read_text())  # left as it was
+
+
+def test_unknown_baseline_fails_before_any_work(tmp_path: Path) -> None:
+    done = _run(tmp_path, "eval", "--data", str(NAB / "data"), "--windows", str(NAB / "windows.json"),
+                "--baseline", "nope")
+    assert done.returncode == 2 and "unknown detector 'nope'" in done.stderr
 
 
 def test_detector_help_names_every_detector() -> None:
