@@ -177,6 +177,17 @@ def _seasonal_baseline(index: pd.DatetimeIndex, x: NDArray[np.float64], slots_pe
     return grouped.transform(lambda v: v.shift(1).ewm(alpha=alpha, min_periods=1).mean()).to_numpy()
 
 
+def _check_settings(detector: SeasonalLikelihood | TailRank, counts: tuple[str, ...]) -> None:
+    """Positive integer row counts and a seasonal weight in (0, 1], or a clear error."""
+    for name in counts:
+        value = getattr(detector, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    alpha = detector.seasonal_alpha
+    if not 0 < alpha <= 1:
+        raise ValueError(f"seasonal_alpha must be in (0, 1], got {alpha!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class SeasonalLikelihood:
     """Persistence + seasonal residuals, robust z-scores, a likelihood of the recent error.
@@ -215,12 +226,7 @@ class SeasonalLikelihood:
     squash: float = 10.0
 
     def _check(self) -> None:
-        for name in ("short", "density", "history", "min_rows", "refractory"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 < self.seasonal_alpha <= 1:
-            raise ValueError(f"seasonal_alpha must be in (0, 1], got {self.seasonal_alpha!r}")
+        _check_settings(self, ("short", "density", "history", "min_rows", "refractory"))
         if not self.cap > 0 or not self.squash > 0:
             raise ValueError(f"cap and squash must be positive, got {self.cap!r}, {self.squash!r}")
 
@@ -369,12 +375,7 @@ class TailRank:
     seasonal_alpha: float = 0.3
 
     def _check(self) -> None:
-        for name in ("history", "min_rows", "short", "refractory"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 < self.seasonal_alpha <= 1:
-            raise ValueError(f"seasonal_alpha must be in (0, 1], got {self.seasonal_alpha!r}")
+        _check_settings(self, ("history", "min_rows", "short", "refractory"))
 
     def surprises(self, timestamps: ArrayLike, values: ArrayLike) -> dict[str, NDArray[np.float64]]:
         """Each view's surprise per row, in [0, 1], before combining.
