@@ -327,6 +327,8 @@ class LeftOutScore:
     by_group: dict[str, float]
     thresholds: dict[str, float]
     files: tuple[FileScore, ...]
+    grouped_by: str = "category"
+    """``"category"``, or ``"file"`` when the corpus has one category and each file was left out."""
 
 
 def _category(name: str) -> str:
@@ -349,8 +351,9 @@ def left_out_score(
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(group(name), []).append(name)
+    grouped_by = "category"
     if len(groups) < 2:
-        groups = {name: [name] for name in names}
+        groups, grouped_by = {name: [name] for name in names}, "file"
     if len(groups) < 2:
         raise ValueError("leaving a group out needs at least two files; give a larger corpus")
     files: list[FileScore] = []
@@ -368,7 +371,8 @@ def left_out_score(
     perfect = sum(f.perfect for f in files)
     if perfect == null:
         raise ValueError("the corpus has no labelled windows; NAB cannot normalise its score")
-    return LeftOutScore(100.0 * (raw - null) / (perfect - null), by_group, thresholds, tuple(files))
+    return LeftOutScore(100.0 * (raw - null) / (perfect - null), by_group, thresholds, tuple(files),
+                        grouped_by)
 
 
 def read_windows(path: Path) -> dict[str, list[tuple[str, str]]]:

@@ -379,6 +379,9 @@ class TailRank:
 
     def _check(self) -> None:
         _check_settings(self, ("history", "min_rows", "short", "refractory"))
+        if self.min_rows > self.history:
+            raise ValueError(f"min_rows ({self.min_rows}) must not exceed history ({self.history}): "
+                             "a score needs min_rows of the history it ranks against")
 
     def surprises(self, timestamps: ArrayLike, values: ArrayLike) -> dict[str, NDArray[np.float64]]:
         """Each view's surprise per row, in [0, 1], before combining.

@@ -47,13 +47,13 @@ def read_series(path: Path) -> pd.DataFrame:
     return frame.assign(timestamp=times, value=values.astype(float))
 
 
-def _detector(name: str):  # type: ignore[no-untyped-def]
+def _detector(name: str, option: str = "--detector"):  # type: ignore[no-untyped-def]
     from models.streaming import make_detector
 
     try:
         return make_detector(name)
     except ValueError as e:
-        fail(f"--detector: {e}")
+        fail(f"{option}: {e}")
 
 
 @app.command("detect")
@@ -120,13 +120,15 @@ def evaluate(
         fail(f"--windows {windows}: lists no files")
     baselines = baseline if baseline is not None else ["windowed-gaussian", "seasonal-artime"]
     names = [detector, *[b for b in dict.fromkeys(baselines) if b != detector]]
-    for name in names:
-        _detector(name)  # an unknown name fails before any work
+    for name in names:  # an unknown name fails before any work
+        _detector(name, "--detector" if name == detector else "--baseline")
     modes = [(name, False) for name in names] + ([(name, True) for name in names] if nab_harness else [])
     started = time.monotonic()
     frames = {}
     for file_name in sorted(labelled_windows):
         frames[file_name] = read_series(data / file_name)
+        if frames[file_name].empty:
+            fail(f"{data / file_name}: has no rows; NAB scores a series with labelled rows")
     corpora: dict[str, dict] = {}  # type: ignore[type-arg]
     # A bar only on a terminal: tqdm(disable=None) stays quiet when stderr is a file.
     with tqdm(total=len(frames) * len(modes), desc="scoring", unit="file", disable=None) as bar:
@@ -140,9 +142,15 @@ def evaluate(
                 corpora.setdefault(key, {})[file_name] = (labelled, _scored(name, frame, harness))
                 bar.update()
     try:
-        results = {key: (score_corpus(corpus), left_out_score(corpus)) for key, corpus in corpora.items()}
+        in_sample = {key: score_corpus(corpus) for key, corpus in corpora.items()}
     except ValueError as e:
         fail(str(e))
+    try:
+        left_out = {key: left_out_score(corpus) for key, corpus in corpora.items()}
+    except ValueError as e:  # one file: nothing to leave out, but the in-sample score stands
+        typer.echo(f"left out: not scored ({e})", err=True)
+        left_out = {}
+    results = {key: (score, left_out.get(key)) for key, score in in_sample.items()}
     ours = results[detector][0]
     for file in ours.files:
         stamps = corpora[detector][file.name][0].timestamps
@@ -159,29 +167,35 @@ def evaluate(
         "seconds": round(time.monotonic() - started, 1),
         "detector": detector,
     }
-    for key, (in_sample, left_out) in results.items():
+    for key, (score, held_out) in results.items():
         summary[key] = {
-            "score": round(in_sample.score, 2),
-            "left_out": round(left_out.score, 2),
-            "threshold": round(in_sample.threshold, 6),
-            "raw": round(in_sample.raw, 3),
-            "by_category": {k: round(v, 2) for k, v in in_sample.by_prefix().items()},
-            "left_out_by_category": {k: round(v, 2) for k, v in left_out.by_group.items()},
+            "score": round(score.score, 2),
+            "left_out": round(held_out.score, 2) if held_out else None,
+            "left_out_by": held_out.grouped_by if held_out else None,
+            "threshold": round(score.threshold, 6),
+            "raw": round(score.raw, 3),
+            "by_category": {k: round(v, 2) for k, v in score.by_prefix().items()},
+            "left_out_by_group": ({k: round(v, 2) for k, v in held_out.by_group.items()}
+                                  if held_out else {}),
         }
     typer.echo(json.dumps(summary))
 
 
 def _table(results) -> str:  # type: ignore[no-untyped-def]
-    """Detectors as rows: in-sample and left-out score, then each category's left-out score."""
-    first = next(iter(results.values()))
-    groups = list(first[1].by_group)
+    """Detectors as rows: in-sample and left-out score, then each group's left-out score (a
+    category, or a file's name without its folder when there is one category)."""
+    first = next((held_out for _, held_out in results.values() if held_out), None)
+    groups = list(first.by_group) if first else []
     width = max(len(key) for key in results) + 2
+    label = "(left out)" if first is None or first.grouped_by == "category" else "(file left out)"
     header = f"{'detector':<{width}}{'in-sample':>10}{'left-out':>10}" + "".join(
-        f"  {g[:24]:>24}" for g in groups)
-    lines = [header, f"{'':<{width}}{'':>20}" + "".join(f"  {'(left out)':>24}" for _ in groups)]
-    for key, (in_sample, left_out) in results.items():
-        lines.append(f"{key:<{width}}{in_sample.score:>10.2f}{left_out.score:>10.2f}" + "".join(
-            f"  {left_out.by_group.get(g, float('nan')):>24.2f}" for g in groups))
+        f"  {Path(g).stem[:24]:>24}" for g in groups)
+    lines = [header, f"{'':<{width}}{'':>20}" + "".join(f"  {label:>24}" for _ in groups)]
+    for key, (score, held_out) in results.items():
+        shown = f"{held_out.score:>10.2f}" if held_out else f"{'-':>10}"
+        lines.append(f"{key:<{width}}{score.score:>10.2f}{shown}" + "".join(
+            f"  {held_out.by_group.get(g, float('nan')) if held_out else float('nan'):>24.2f}"
+            for g in groups))
     return "\n".join(lines)
 
 
@@ -189,13 +203,16 @@ def _table(results) -> str:  # type: ignore[no-untyped-def]
 def corpus(
     out: Annotated[Path, typer.Option(help="Folder to write data/<category>/*.csv, windows.json "
                                            "and truth.json into.")],
-    seed: Annotated[int, typer.Option(help="The same seed writes the same corpus.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="The same seed writes the same corpus.")] = 0,
     files_per_category: Annotated[int, typer.Option(min=1, help="Series per category.")] = 12,
 ) -> None:
     """Write a seeded, labelled corpus of push-platform series (bursts, drops, level shifts,
     drifts, broken daily rhythms, noise bursts) in NAB's layout, for `anomaly eval`."""
     from models.anomaly_corpus import write_corpus
 
-    if (out / "windows.json").exists():
-        fail(f"--out {out}: already holds a corpus (windows.json); give an empty folder")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out}: is a file; give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        held = "a corpus (windows.json)" if (out / "windows.json").exists() else "files"
+        fail(f"--out {out}: already holds {held}; give a new or empty folder")
     typer.echo(json.dumps(write_corpus(out, seed=seed, files_per_category=files_per_category)))

@@ -49,7 +49,7 @@ def test_eval_prints_files_the_left_out_scores_and_the_baselines_in_one_run(tmp_
     assert summary["windowed-gaussian"]["score"] == pytest.approx(12.1, abs=0.5)
     ours = summary["tail-rank"]  # 56.00 in-sample, 52.16 left out (docs/anomaly.md)
     assert ours["score"] >= 55.5 and ours["left_out"] >= 51.5
-    assert set(ours["left_out_by_category"]) == {"artificialNoAnomaly", "artificialWithAnomaly",
+    assert set(ours["left_out_by_group"]) == {"artificialNoAnomaly", "artificialWithAnomaly",
                                                  "realKnownCause"}
     assert float(table[0][2]) == pytest.approx(ours["left_out"], abs=0.01)
     assert summary["seasonal-artime"]["score"] == pytest.approx(63.55, abs=0.05)  # the old default
@@ -70,7 +70,7 @@ def test_a_written_corpus_evaluates_with_the_harness_reported_apart(tmp_path: Pa
     assert {k for k in summary if isinstance(summary[k], dict)} == {
         "tail-rank", "windowed-gaussian", "artime", "tail-rank+harness",
         "windowed-gaussian+harness", "artime+harness"}
-    assert set(summary["tail-rank"]["left_out_by_category"]) == {"synthHourly", "synthMetrics",
+    assert set(summary["tail-rank"]["left_out_by_group"]) == {"synthHourly", "synthMetrics",
                                                                  "synthRequests"}
     # The windowed Gaussian takes nothing from the harness; ARTime's range does change its scores.
     assert summary["windowed-gaussian+harness"]["raw"] == summary["windowed-gaussian"]["raw"]
@@ -82,7 +82,67 @@ def test_a_written_corpus_evaluates_with_the_harness_reported_apart(tmp_path: Pa
 def test_unknown_baseline_fails_before_any_work(tmp_path: Path) -> None:
     done = _run(tmp_path, "eval", "--data", str(NAB / "data"), "--windows", str(NAB / "windows.json"),
                 "--baseline", "nope")
-    assert done.returncode == 2 and "unknown detector 'nope'" in done.stderr
+    assert done.returncode == 2 and "error: --baseline: unknown detector 'nope'" in done.stderr
+
+
+def _small_corpus(tmp_path: Path, files: list[str]) -> tuple[Path, Path]:
+    """Shared NAB files and their windows, as a corpus of their own."""
+    source = json.loads((NAB / "windows.json").read_text())
+    data = tmp_path / "small"
+    for name in files:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes((NAB / "data" / name).read_bytes())
+    windows = tmp_path / "small.json"
+    windows.write_text(json.dumps({name: source[name] for name in files}))
+    return data, windows
+
+
+def test_one_category_leaves_each_file_out_and_says_so(tmp_path: Path) -> None:
+    files = ["artificialWithAnomaly/art_daily_jumpsup.csv", "artificialWithAnomaly/art_daily_nojump.csv"]
+    data, windows = _small_corpus(tmp_path, files)
+    done = _run(tmp_path, "eval", "--data", str(data), "--windows", str(windows),
+                "--baseline", "windowed-gaussian")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["tail-rank"]["left_out_by"] == "file"
+    assert set(summary["tail-rank"]["left_out_by_group"]) == set(files)
+    header = next(line for line in lines if line.startswith("detector"))
+    assert header.split()[3:] == ["art_daily_jumpsup", "art_daily_nojump"]
+    assert "(file left out)" in done.stdout
+
+
+def test_one_file_is_scored_in_sample_with_no_left_out_score(tmp_path: Path) -> None:
+    data, windows = _small_corpus(tmp_path, ["artificialWithAnomaly/art_daily_jumpsup.csv"])
+    done = _run(tmp_path, "eval", "--data", str(data), "--windows", str(windows), "--nab-harness")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["tail-rank"]["left_out"] is None and summary["tail-rank+harness"]["left_out"] is None
+    assert summary["tail-rank"]["score"] > 0 and summary["tail-rank"]["left_out_by_group"] == {}
+    assert "left out: not scored" in done.stderr and "at least two files" in done.stderr
+
+
+def test_a_series_with_no_rows_is_named_and_nothing_is_scored(tmp_path: Path) -> None:
+    data, windows = _small_corpus(tmp_path, ["artificialWithAnomaly/art_daily_jumpsup.csv",
+                                             "realKnownCause/nyc_taxi.csv"])
+    (data / "realKnownCause" / "nyc_taxi.csv").write_text("timestamp,value\n")
+    done = _run(tmp_path, "eval", "--data", str(data), "--windows", str(windows), "--nab-harness")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "nyc_taxi.csv: has no rows" in done.stderr
+
+
+def test_corpus_refuses_a_negative_seed_a_file_and_a_folder_in_use(tmp_path: Path) -> None:
+    negative = _run(tmp_path, "corpus", "--out", str(tmp_path / "n"), "--seed", "-1")
+    assert negative.returncode == 2 and "--seed" in negative.stderr and not (tmp_path / "n").exists()
+    (tmp_path / "f").write_text("mine")
+    as_file = _run(tmp_path, "corpus", "--out", str(tmp_path / "f"))
+    assert as_file.returncode == 2 and "is a file" in as_file.stderr
+    assert (tmp_path / "f").read_text() == "mine"
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    in_use = _run(tmp_path, "corpus", "--out", str(tmp_path / "used"))
+    assert in_use.returncode == 2 and "already holds files" in in_use.stderr
+    assert [p.name for p in (tmp_path / "used").iterdir()] == ["notes.txt"]
 
 
 def test_detector_help_names_every_detector() -> None:

@@ -122,7 +122,7 @@ def test_left_out_score_scores_each_category_at_the_threshold_of_the_others() ->
         scores[610], scores[300] = peak, 0.4
         corpus[name] = (label_series(name, stamps, window), scores)
     left_out = left_out_score(corpus)
-    assert set(left_out.by_group) == {"A", "B"}
+    assert set(left_out.by_group) == {"A", "B"} and left_out.grouped_by == "category"
     for group, members in (("A", ["A/one.csv", "A/two.csv"]), ("B", ["B/one.csv"])):
         others = [corpus[n] for n in corpus if n not in members]
         assert left_out.thresholds[group] == optimise_threshold(others)[0]
@@ -134,7 +134,8 @@ def test_left_out_score_scores_each_category_at_the_threshold_of_the_others() ->
     assert left_out.score == pytest.approx(100 * (raw + 3) / 6)
     # One category: each file is left out instead.
     single = {f"A/{n}": v for n, v in corpus.items()}
-    assert set(left_out_score(single).by_group) == {f"A/{n}" for n in corpus}
+    by_file = left_out_score(single)
+    assert set(by_file.by_group) == {f"A/{n}" for n in corpus} and by_file.grouped_by == "file"
     with pytest.raises(ValueError, match="at least two files"):
         left_out_score({"A/one.csv": corpus["A/one.csv"]})
 

@@ -140,6 +140,8 @@ def test_tail_rank_rejects_bad_parameters() -> None:
     for bad in ({"history": 0}, {"short": 1.5}, {"seasonal_alpha": 0.0}):
         with pytest.raises(ValueError, match="must be"):
             TailRank(**bad).score(stamps, values)
+    with pytest.raises(ValueError, match=r"min_rows \(600\) must not exceed history \(500\)"):
+        TailRank(history=500, min_rows=600).score(stamps, values)
 
 
 def test_the_nab_harness_gives_the_file_range_and_probation_and_is_not_causal() -> None:
