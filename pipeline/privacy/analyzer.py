@@ -20,8 +20,6 @@ from presidio_analyzer import (
 from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
-    CreditCardRecognizer,
-    EmailRecognizer,
     IbanRecognizer,
     IpRecognizer,
     PhoneRecognizer,
@@ -29,6 +27,24 @@ from presidio_analyzer.predefined_recognizers import (
 )
 
 from pipeline.errors import InvalidInputError
+from pipeline.privacy.cn import PHONE_CONTEXT as _PHONE_CONTEXT
+from pipeline.privacy.cn import (
+    CjkSafeCreditCardRecognizer,
+    CjkSafeEmailRecognizer,
+    CjkSafeUrlRecognizer,
+    CnBankCardRecognizer,
+    CnFirstGenerationIdRecognizer,
+    CnLandlineRecognizer,
+    CnMobileRecognizer,
+    CnPassportRecognizer,
+    CnQqRecognizer,
+    CnResidentIdRecognizer,
+    CnUnverifiedResidentIdRecognizer,
+    CnUsccRecognizer,
+    CnWeChatRecognizer,
+    LookalikeScreen,
+    cn_resident_id_is_valid,
+)
 
 __all__ = [
     "ner_languages",
@@ -60,9 +76,6 @@ _DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "zh": ("zh_core_web_lg", "zh_core_web_md", "zh_core_web_sm", "zh_core_web_trf"),
 }
 _PHONE_REGIONS = ("US", "CN", "GB")  # each region is a full phonenumbers scan of the text
-_PHONE_CONTEXT = [*PhoneRecognizer.CONTEXT, "tel", "电话", "手机", "联系"]
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK_CHARS = "10X98765432"
 _has_warned_no_ner = False
 _DIGITS = re.compile(r"\d")
 _MIN_PHONE_DIGITS = 7  # the shortest subscriber numbers phonenumbers accepts
@@ -76,14 +89,6 @@ _NOT_NER = (
     "lemmatizer",
     "trainable_lemmatizer",
 )
-
-
-def cn_resident_id_is_valid(value: str) -> bool:
-    """Check an 18-character resident ID against its GB 11643-1999 check digit."""
-    if len(value) != 18 or not value[:17].isdigit():
-        return False
-    total = sum(int(digit) * weight for digit, weight in zip(value[:17], _ID_WEIGHTS, strict=True))
-    return _ID_CHECK_CHARS[total % 11] == value[17].upper()
 
 
 def _installed(model_name: str) -> bool:
@@ -174,11 +179,12 @@ class _NoContextEnhancer(ContextAwareEnhancer):
         return raw_results
 
 
-class OfflineEmailRecognizer(EmailRecognizer):
-    """Presidio's EmailRecognizer, validating the domain against the bundled suffix list."""
+class OfflineEmailRecognizer(CjkSafeEmailRecognizer):
+    """E-mail addresses, safe next to Chinese text, with domains checked against the bundled
+    suffix list."""
 
-    def validate_result(self, pattern_text: str) -> bool:
-        return _OFFLINE_TLD_EXTRACT(pattern_text).fqdn != ""
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(_OFFLINE_TLD_EXTRACT, supported_language=supported_language)
 
 
 class DigitGatedPhoneRecognizer(PhoneRecognizer):
@@ -193,28 +199,6 @@ class DigitGatedPhoneRecognizer(PhoneRecognizer):
         if len(_DIGITS.findall(text)) < _MIN_PHONE_DIGITS:
             return []
         return super().analyze(text, entities, nlp_artifacts)  # type: ignore[arg-type]
-
-
-class CnMobileRecognizer(PatternRecognizer):
-    """Mainland-China mobile numbers, also inside Chinese prose where no word boundary exists."""
-
-    # ASCII-only lookarounds: Chinese characters count as \w, so \b would miss "电话13812345678".
-    PATTERNS = [
-        Pattern(
-            "CN mobile",
-            r"(?<![0-9A-Za-z+])(?:\+?86[ \-]?)?1[3-9]\d(?:[ \-]?\d{4}){2}(?![0-9A-Za-z])",
-            0.7,
-        )
-    ]
-
-    def __init__(self, supported_language: str = "en"):
-        super().__init__(
-            supported_entity="PHONE_NUMBER",
-            patterns=self.PATTERNS,
-            context=_PHONE_CONTEXT,
-            supported_language=supported_language,
-            name="CnMobileRecognizer",
-        )
 
 
 class NanpPhoneRecognizer(PatternRecognizer):
@@ -244,31 +228,6 @@ class NanpPhoneRecognizer(PatternRecognizer):
         )
 
 
-class CnResidentIdRecognizer(PatternRecognizer):
-    """18-digit resident ID numbers; only those with a valid check digit are reported."""
-
-    PATTERNS = [
-        Pattern(
-            "CN resident ID",
-            r"(?<![0-9A-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])"
-            r"(?:0[1-9]|[12]\d|3[01])\d{3}[0-9Xx](?![0-9A-Za-z])",
-            0.5,
-        )
-    ]
-
-    def __init__(self, supported_language: str = "en"):
-        super().__init__(
-            supported_entity="CN_RESIDENT_ID",
-            patterns=self.PATTERNS,
-            context=["身份证", "id", "identity"],
-            supported_language=supported_language,
-            name="CnResidentIdRecognizer",
-        )
-
-    def validate_result(self, pattern_text: str) -> bool:
-        return cn_resident_id_is_valid(pattern_text)
-
-
 def ner_languages(analyzer: AnalyzerEngine) -> list[str]:
     """The analyzer's languages that have a spaCy NER model (PERSON, LOCATION from text)."""
     engine = analyzer.nlp_engine
@@ -294,13 +253,26 @@ def _model_for(language: str, spacy_model: str | None, is_first: bool) -> str:
 def _recognizers(language: str, nlp_engine: OfflineSpacyNlpEngine) -> list[EntityRecognizer]:
     recognizers: list[EntityRecognizer] = [
         OfflineEmailRecognizer(supported_language=language),
-        DigitGatedPhoneRecognizer(
-            context=_PHONE_CONTEXT, supported_language=language, supported_regions=_PHONE_REGIONS
+        LookalikeScreen(
+            DigitGatedPhoneRecognizer(
+                context=_PHONE_CONTEXT,
+                supported_language=language,
+                supported_regions=_PHONE_REGIONS,
+            )
         ),
         CnMobileRecognizer(supported_language=language),
+        CnLandlineRecognizer(supported_language=language),
         NanpPhoneRecognizer(supported_language=language),
         CnResidentIdRecognizer(supported_language=language),
-        CreditCardRecognizer(supported_language=language),
+        CnUnverifiedResidentIdRecognizer(supported_language=language),
+        CnFirstGenerationIdRecognizer(supported_language=language),
+        CnBankCardRecognizer(supported_language=language),
+        CjkSafeCreditCardRecognizer(supported_language=language),
+        CnUsccRecognizer(supported_language=language),
+        CnPassportRecognizer(supported_language=language),
+        CnQqRecognizer(supported_language=language),
+        CnWeChatRecognizer(supported_language=language),
+        CjkSafeUrlRecognizer(_OFFLINE_TLD_EXTRACT, supported_language=language),
         IpRecognizer(supported_language=language),
         IbanRecognizer(supported_language=language),
     ]

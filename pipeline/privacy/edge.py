@@ -42,12 +42,16 @@ USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
 _USER_ID = re.compile(USER_ID_PATTERN)
 # What each type needs at the least, so a string is analysed only for the types it could hold
 # (most ids hold none and are not analysed at all): phones have 7+ digits, cards 13+, IBANs
-# 10+, resident ids 17+; an IPv4 address is a dotted quad, an IPv6 one has two colons.
+# 10+, resident ids 17+ (15 for the old ones), mainland bank cards 16+, a USCC's division code
+# 6, a passport 7; an IPv4 address is a dotted quad, an IPv6 one has two colons; QQ and WeChat
+# ids are only found after their label.
 _DIGITS = re.compile(r"\d")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _IPV6 = re.compile(r":[0-9A-Fa-f]*:")
+_IM_LABEL = re.compile(r"qq|扣扣|微信|wechat|weixin|vx|v信", re.IGNORECASE)
 _MIN_DIGITS = {"PHONE_NUMBER": 7, "CREDIT_CARD": 13, "IBAN_CODE": 10, "CN_RESIDENT_ID": 17,
-               "US_SSN": 9}
+               "CN_RESIDENT_ID_UNVERIFIED": 15, "CN_BANK_CARD": 16, "CN_USCC": 6,
+               "CN_PASSPORT": 7, "US_SSN": 9}
 _CACHE_SIZE = 131_072
 
 
@@ -187,8 +191,10 @@ def _candidates(text: str) -> frozenset[str]:
     """The entity types `text` is long and shaped enough to hold."""
     digits = len(_DIGITS.findall(text))
     found = {t for t, least in _MIN_DIGITS.items() if digits >= least}
-    if "@" in text:
+    if "@" in text or "＠" in text:
         found.add("EMAIL_ADDRESS")
     if _IPV4.search(text) or _IPV6.search(text):
         found.add("IP_ADDRESS")
+    if _IM_LABEL.search(text):
+        found.add("CN_IM_ID")
     return frozenset(found)
