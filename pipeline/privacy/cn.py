@@ -400,7 +400,7 @@ class CjkSafeCreditCardRecognizer(CreditCardRecognizer):
 
     PATTERNS = _pattern(
         "All Credit Cards (weak), CJK-safe",
-        _NOT_AFTER_ALNUM + r"(?!1\d{12}(?!\d))((4\d{3})|(5[0-5]\d{2})|(6\d{3})|(1\d{3})|(3\d{3}))"
+        _NOT_AFTER_ALNUM + r"(?!1\d{12}(?!\d))((4\d{3})|(5[0-5]\d{2})|(2[2-7]\d{2})|(6\d{3})|(1\d{3})|(3\d{3}))"
         r"[- ]?(\d{3,4})[- ]?(\d{3,4})[- ]?(\d{3,5})" + _NOT_BEFORE_ALNUM,
         0.3,
     )
