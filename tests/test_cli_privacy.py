@@ -70,7 +70,9 @@ def test_scan_reports_each_columns_entity_type_and_counts_but_no_values(
     assert columns["name"]["entity_type"] == "PERSON"
     assert columns["plan"]["entity_type"] is None
     assert columns["notes"]["entity_type"] == "TEXT"
-    assert columns["notes"]["entities"] == {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 2}
+    # "Bob" in the English note comes from NER (on by default); the Chinese note's 张伟 from
+    # nothing but the row's own name column, which scan does not apply.
+    assert columns["notes"]["entities"] == {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 2, "PERSON": 1}
     assert "example" not in proc.stdout and "555" not in proc.stdout
 
 
@@ -91,7 +93,7 @@ def test_anonymize_uses_the_tenants_secret_and_stored_policy_and_records_the_aud
     assert proc.returncode == 0, proc.stderr
     audit = json.loads(proc.stdout)["audit"]
     assert audit["counts"]["email"] == {"EMAIL_ADDRESS": 3}
-    assert audit["counts"]["notes"] == {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 2}
+    assert audit["counts"]["notes"] == {"EMAIL_ADDRESS": 2, "PHONE_NUMBER": 2, "PERSON": 1}
     safe = pd.read_csv(out, dtype=str, keep_default_na=False)
     raw = pd.read_csv(profiles_csv, dtype=str, keep_default_na=False)
     secret = tenants.tenant_secret(redis_client, tenant)

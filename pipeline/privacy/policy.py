@@ -19,6 +19,7 @@ PUSH_OPERATORS = OPERATORS | {"reject"}
 USER_ID_MODES = frozenset({"reject", "pseudonymize"})
 ENTITY_TYPES = frozenset(
     {
+        "ADDRESS",
         "AGE",
         "CN_BANK_CARD",
         "CN_IM_ID",
@@ -37,6 +38,8 @@ ENTITY_TYPES = frozenset(
         "PERSON",
         "PHONE_NUMBER",
         "URL",
+        "US_DRIVER_LICENSE",
+        "US_PASSPORT",
         "US_SSN",
     }
 )
@@ -54,6 +57,9 @@ _DEFAULT_OPERATORS = {
     "CREDIT_CARD": "drop",
     "IBAN_CODE": "drop",
     "US_SSN": "drop",
+    "US_PASSPORT": "drop",
+    "US_DRIVER_LICENSE": "drop",
+    "ADDRESS": "drop",
     "LOCATION": "generalize",
     "AGE": "generalize",
 }
@@ -66,6 +72,8 @@ _DEFAULT_PUSH_OPERATORS = dict.fromkeys(
         "CREDIT_CARD",
         "IBAN_CODE",
         "US_SSN",
+        "US_PASSPORT",
+        "US_DRIVER_LICENSE",
         "CN_RESIDENT_ID",
         "CN_RESIDENT_ID_UNVERIFIED",
         "CN_PASSPORT",

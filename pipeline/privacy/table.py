@@ -243,8 +243,8 @@ def _scrub_row_values(
 ) -> tuple[list[object], Counter[str]]:
     """Replace each row's own structured values (e.g. its name) where its text repeats them.
 
-    Without an NER model a name in the notes is invisible to the analyzer, but the same row's
-    name column tells us exactly what to look for.
+    NER misses or splits names it has never seen, but the same row's name column tells us
+    exactly what to look for.
     """
     found: Counter[str] = Counter()
     columns = [(t, op, s.astype("str").tolist()) for t, op, s in row_values]
@@ -313,9 +313,10 @@ def anonymize_table(
             out[column] = _apply(values, kind, operator, key)
 
     for column in (c for c in df.columns if c not in keep and kinds.get(c) == TEXT):
-        texts = df[column].tolist()
+        # The row's own values go first: NER may take a piece of a name ("Zephyrine" as NRP),
+        # and the rest of it ("Quillon") would no longer match the name column afterwards.
+        texts, found_in_rows = _scrub_row_values(df[column].tolist(), row_values, key)
         new_texts, found = anonymize_texts(texts, key, policy, analyzer=analyzer, pool=pool)
-        new_texts, found_in_rows = _scrub_row_values(new_texts, row_values, key)
         for entity_type, n in (found + found_in_rows).items():
             audit.add(column, entity_type, n)
         out[column] = pd.Series(new_texts, index=df.index, name=column, dtype=df[column].dtype)
