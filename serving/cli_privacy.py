@@ -216,3 +216,85 @@ def audit(
         tenants.get_tenant(r, tenant)
         for entry in recent_audits(r, tenant, count):
             typer.echo(json.dumps(entry, sort_keys=True))
+
+
+@app.command("corpus")
+def corpus(
+    out: Annotated[Path, typer.Option(help="JSONL to write: {text, spans: [[start, end, label]], source} per line.")],
+    texts: Annotated[int, typer.Option(min=1, max=1_000_000, help="How many texts.")] = 1500,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same texts.")] = 0,
+) -> None:
+    """Labelled English texts with personal data (Faker values in our own templates)."""
+    from pipeline.privacy.corpus_en import english_texts
+
+    _check_out(out, (".jsonl",))
+    items = english_texts(seed, texts)
+    lines = [json.dumps({"text": i.text, "spans": [list(s) for s in i.spans], "source": i.source},
+                        ensure_ascii=False) for i in items]
+    _write_atomically(out, lambda p: p.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    labels = Counter(label for i in items for _, _, label in i.spans)
+    typer.echo(json.dumps({"texts": len(items), "spans": dict(sorted(labels.items())), "out": str(out)}))
+
+
+@app.command("eval")
+def evaluate(
+    input_path: Annotated[Path | None, typer.Option("--input", help="Labelled JSONL (as `privacy corpus` writes); default: generated texts.")] = None,
+    texts: Annotated[int, typer.Option(min=1, max=100_000, help="Generated texts, without --input.")] = 1500,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the generated texts.")] = 1,
+    spacy_model: SpacyModel = None,
+) -> None:
+    """Token-level untyped precision, recall and F2 of our analyzer beside Presidio as it ships
+    (same spaCy model) and Presidio's patterns alone; then one JSON line."""
+    from tqdm import tqdm
+
+    from pipeline.privacy import build_analyzer, ner_languages
+    from pipeline.privacy.corpus_en import english_texts
+    from pipeline.privacy.evaluate import (
+        analyzer_detector,
+        presidio_stock,
+        pushpilot_detector,
+        read_labelled,
+        score_detector,
+    )
+
+    if input_path is not None:
+        if not input_path.is_file():
+            fail(f"--input: {input_path} is not a file")
+        try:
+            items = read_labelled(input_path.read_text(encoding="utf-8").splitlines())
+        except ValueError as e:
+            fail(f"--input: {input_path.name}: {e}")
+        if not items:
+            fail(f"--input: {input_path.name} has no lines")
+        where = str(input_path)
+    else:
+        items = english_texts(seed, texts)
+        where = f"english_texts(seed={seed}, n={texts})"
+    ours = build_analyzer(spacy_model, languages=("en",))
+    model_name = ours.nlp_engine.models[0]["model_name"] if ner_languages(ours) else None
+    candidates = {"pushpilot": lambda bar: pushpilot_detector(ours, bar.update),
+                  "pushpilot, NER off": lambda bar: pushpilot_detector(build_analyzer("", ("en",)), bar.update),
+                  "presidio patterns": lambda bar: analyzer_detector(presidio_stock(None), bar.update)}
+    if model_name:
+        candidates["presidio + spaCy"] = lambda bar: analyzer_detector(presidio_stock(model_name), bar.update)
+    else:
+        typer.echo("note: no spaCy model installed; the stock Presidio + spaCy baseline is left out", err=True)
+    scores = {}
+    for name, make in candidates.items():
+        with tqdm(total=len(items), desc=name, unit="text", disable=None) as bar:
+            scores[name] = score_detector(items, make(bar))
+    typer.echo(f"{len(items)} labelled texts from {where}; spaCy model: {model_name or 'none'}")
+    typer.echo(f"{'detector':<20} {'precision':>9} {'recall':>7} {'F2':>6} {'worst source F2':>16} {'flagged in clean texts':>23}")
+    for name, s in scores.items():
+        typer.echo(f"{name:<20} {s.precision:>9.3f} {s.recall:>7.3f} {s.f2:>6.3f} {s.worst_source_f2():>16.3f} {s.clean_false_positives():>23}")
+    best = scores["pushpilot"]
+    typer.echo("pushpilot F2 by source: " + ", ".join(f"{k} {v:.3f}" for k, v in best.f2_by_source().items()))
+    typer.echo("pushpilot recall by label: " + ", ".join(f"{k} {v:.2f}" for k, v in best.recall_by_label.items()))
+    typer.echo(json.dumps({
+        "eval": "privacy", "texts": len(items), "input": where, "spacy_model": model_name,
+        "detectors": {name: {"precision": round(s.precision, 4), "recall": round(s.recall, 4),
+                             "f2": round(s.f2, 4), "clean_false_positives": s.clean_false_positives(),
+                             "f2_by_source": {k: round(v, 4) for k, v in s.f2_by_source().items()}}
+                      for name, s in scores.items()},
+        "recall_by_label": {k: round(v, 4) for k, v in best.recall_by_label.items()},
+    }, sort_keys=True))
