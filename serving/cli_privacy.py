@@ -242,10 +242,20 @@ def evaluate(
     texts: Annotated[int, typer.Option(min=1, max=100_000, help="Generated texts, without --input.")] = 1500,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the generated texts.")] = 1,
     spacy_model: SpacyModel = None,
+    language: Annotated[str, typer.Option(help="en: labelled English texts, untyped F2; zh: labelled Chinese paragraphs, recall per type.")] = "en",
 ) -> None:
     """Token-level untyped precision, recall and F2 of our analyzer beside Presidio as it ships
-    (same spaCy model) and Presidio's patterns alone; then one JSON line."""
+    (same spaCy model) and Presidio's patterns alone; then one JSON line. `--language zh`:
+    recall per type on generated Chinese paragraphs, beside Presidio's patterns."""
     from tqdm import tqdm
+
+    if language not in ("en", "zh"):
+        fail(f"--language: {language!r} is not one of en, zh")
+    if language == "zh":
+        if input_path is not None:
+            fail("--input: only English labelled files are read; --language zh generates its paragraphs")
+        _evaluate_chinese(texts, seed)
+        return
 
     from pipeline.privacy import build_analyzer, ner_languages
     from pipeline.privacy.corpus_en import english_texts
@@ -297,4 +307,39 @@ def evaluate(
                              "f2_by_source": {k: round(v, 4) for k, v in s.f2_by_source().items()}}
                       for name, s in scores.items()},
         "recall_by_label": {k: round(v, 4) for k, v in best.recall_by_label.items()},
+    }, sort_keys=True))
+
+
+def _evaluate_chinese(texts: int, seed: int) -> None:
+    from tqdm import tqdm
+
+    from pipeline.privacy import build_analyzer
+    from pipeline.privacy.corpus_zh import chinese_paragraphs
+    from pipeline.privacy.evaluate import presidio_stock, score_typed
+    from pipeline.privacy.text import find_entities, pattern_entity_types
+
+    paragraphs = chinese_paragraphs(seed, texts)
+    ours = build_analyzer()
+    types = pattern_entity_types(ours, "zh")  # names and places are not labelled in these
+    stock = presidio_stock(None)
+    predictors = {
+        "pushpilot": lambda t: [(s.entity_type, s.start, s.end) for s in find_entities(t, ours, "zh")
+                                if s.entity_type in types],
+        "presidio patterns": lambda t: [(r.entity_type, r.start, r.end) for r in stock.analyze(text=t, language="en")],
+    }
+    scores = {}
+    for name, predict in predictors.items():
+        with tqdm(total=len(paragraphs), desc=name, unit="text", disable=None) as bar:
+            scores[name] = score_typed(paragraphs, predict, bar.update)
+    ours_score, stock_score = scores["pushpilot"], scores["presidio patterns"]
+    typer.echo(f"{len(paragraphs)} labelled Chinese paragraphs from chinese_paragraphs(seed={seed}, n={texts})")
+    typer.echo(f"{'type':<28} {'gold':>5} {'pushpilot':>10} {'presidio patterns':>18}")
+    for kind, n in sorted(ours_score.gold.items()):
+        typer.echo(f"{kind:<28} {n:>5} {ours_score.recall()[kind]:>10.3f} {stock_score.recall()[kind]:>18.3f}")
+    typer.echo(f"{'precision (spans)':<28} {'':>5} {ours_score.precision:>10.3f} {stock_score.precision:>18.3f}")
+    typer.echo(json.dumps({
+        "eval": "privacy", "language": "zh", "texts": len(paragraphs), "seed": seed,
+        "detectors": {name: {"recall": {k: round(v, 4) for k, v in sc.recall().items()},
+                             "precision": round(sc.precision, 4)} for name, sc in scores.items()},
+        "gold": dict(sorted(ours_score.gold.items())),
     }, sort_keys=True))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-
 import pytest
 
 from pipeline.privacy.analyzer import build_analyzer
@@ -16,6 +13,7 @@ from pipeline.privacy.cn import (
 )
 from pipeline.privacy.corpus_zh import chinese_paragraphs
 from pipeline.privacy.edge import EdgeScreen
+from pipeline.privacy.evaluate import score_typed
 from pipeline.privacy.policy import ENTITY_TYPES, PrivacyPolicy
 from pipeline.privacy.text import find_entities, pattern_entity_types
 
@@ -266,56 +264,16 @@ def test_the_edge_masks_a_mainland_card_in_a_push_and_refuses_it_as_a_user_id() 
         screen.user_id(card, PrivacyPolicy.default(), SECRET, "user_id")
 
 
-_MOBILE = re.compile(r"1[3-9]\d{9}")
-
-
-def _is_mobile(value: str) -> bool:
-    digits = re.sub(r"\D", "", value)
-    return _MOBILE.fullmatch(re.sub(r"^(?:00)?86(?=1\d{10}$)", "", digits)) is not None
-
-
-def _overlap(a_start: int, a_end: int, b_start: int, b_end: int) -> int:
-    return max(0, min(a_end, b_end) - max(a_start, b_start))
-
-
-def _score_corpus(analyzer, paragraphs: list[dict]) -> tuple[Counter, Counter, int, int]:
-    """Per kind: gold spans and those found (80% of the gold characters covered by a span of
-    the same type); then predicted spans overlapping any gold span, and all predicted spans."""
-    gold: Counter[str] = Counter()
-    found: Counter[str] = Counter()
-    true_predicted = predicted = 0
-    types = pattern_entity_types(analyzer, "zh")  # NER's names and places are not labelled
-    for paragraph in paragraphs:
-        text = paragraph["text"]
-        predictions = [s for s in find_entities(text, analyzer, "zh") if s.entity_type in types]
-        for span in paragraph["spans"]:
-            value = text[span["start"] : span["end"]]
-            kind = span["type"]
-            if kind == "PHONE_NUMBER":
-                kind = "PHONE_NUMBER (mobile)" if _is_mobile(value) else "PHONE_NUMBER (landline)"
-            gold[kind] += 1
-            needed = 0.8 * (span["end"] - span["start"])
-            if any(
-                p.entity_type == span["type"]
-                and _overlap(p.start, p.end, span["start"], span["end"]) >= needed
-                for p in predictions
-            ):
-                found[kind] += 1
-        predicted += len(predictions)
-        true_predicted += sum(
-            any(_overlap(p.start, p.end, g["start"], g["end"]) for g in paragraph["spans"])
-            for p in predictions
-        )
-    return gold, found, true_predicted, predicted
-
-
 @pytest.mark.parametrize("seed", [7, 20240615])
 def test_generated_paragraphs_are_found_with_high_recall_and_precision(analyzer, seed: int) -> None:
     paragraphs = chinese_paragraphs(seed, 500)
     assert paragraphs == chinese_paragraphs(seed, 500)  # seeded: the same corpus every run
-    gold, found, true_predicted, predicted = _score_corpus(analyzer, paragraphs)
-    recall = {kind: found[kind] / n for kind, n in gold.items()}
-    precision = true_predicted / predicted
+    types = pattern_entity_types(analyzer, "zh")  # NER's names and places are not labelled
+    score = score_typed(paragraphs, lambda text: [
+        (s.entity_type, s.start, s.end) for s in find_entities(text, analyzer, "zh") if s.entity_type in types
+    ])
+    gold, found, true_predicted, predicted = score.gold, score.found, score.true_predicted, score.predicted
+    recall, precision = score.recall(), score.precision
     print(f"\nseed {seed}: {len(paragraphs)} paragraphs, {sum(gold.values())} gold spans")
     print(f"{'type':<28}{'gold':>6}{'found':>7}{'recall':>8}")
     for kind in sorted(gold):

@@ -164,3 +164,17 @@ def test_corpus_and_eval_commands_write_and_score_a_labelled_file(tmp_path: Path
     refused = pushpilot("privacy", "eval", "--input", str(bad))
     assert refused.returncode != 0 and "line 2" in refused.stderr
     assert pushpilot("privacy", "corpus", "--out", str(tmp_path / "x.txt")).returncode != 0
+
+
+def test_eval_in_chinese_reports_recall_per_type_beside_presidio(tmp_path: Path):
+    env = {**os.environ, "PUSHPILOT_DATA_DIR": str(tmp_path / "state")}
+    proc = subprocess.run([PUSHPILOT, "privacy", "eval", "--language", "zh", "--texts", "80"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    ours = report["detectors"]["pushpilot"]["recall"]
+    assert ours["EMAIL_ADDRESS"] >= 0.95 and ours["PHONE_NUMBER (mobile)"] >= 0.95
+    assert "presidio patterns" in report["detectors"]
+    wrong = subprocess.run([PUSHPILOT, "privacy", "eval", "--language", "fr"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert wrong.returncode != 0 and "--language" in wrong.stderr
