@@ -211,6 +211,8 @@ class EnglishShapeRecognizer(_RulesRecognizer):
         _Rule("ADDRESS", rf"(?<![\w\-])\d{{1,5}},?\s+(?:Rue|Via|Calle|Avenida|Avenue|Rua|Piazza|Plaza|Strada|Boulevard|Place|Chemin|Allee|Carrer)\s+(?:(?:de|del|della|di|do|da|du|des|la|le|los|las|dos|das)\s+){{0,2}}{_WORD}(?:\s+{_WORD}){{0,2}}", 0.8),
         _Rule("ADDRESS", rf"(?<![\w\-])\d{{1,6}}[A-Za-z]?\s+(?:{_WORD}\s+){{0,3}}{_WORD},\s+(?:{_WORD}\s+){{0,2}}{_WORD},?\s+{_REGION_AND_CODE}(?![A-Za-z0-9])", 0.85),
         _Rule("ADDRESS", rf"(?<![A-Za-z0-9]){_UK_POSTCODE}(?![A-Za-z0-9])", 0.86),
+        # US military mail: "PSC 7287, Box 8193, APO AE 44942", "USNS Miller, FPO AP 12345".
+        _Rule("ADDRESS", r"\b(?:(?:PSC|CMR|Unit)\s+\d{1,5},?\s+Box\s+\d{1,5}|(?:USNS|USNV|USS|USCGC)\s+[A-Z][a-z]+),?\s+(?:APO|FPO|DPO)\s+(?:AA|AE|AP)\s+\d{5}\b", 0.9),
         *(_Rule("DATE_TIME", date, 0.6) for date in _DATES),
         _Rule("AGE", r"\b(\d{1,3})(?=[\s\-]*(?:years?|yrs?)[\s\-]*old\b)", 0.6, 1),
         _Rule("AGE", r"(?i:\baged?\s+)(\d{1,3})\b", 0.6, 1),
@@ -241,6 +243,10 @@ class EnglishCueRecognizer(_RulesRecognizer):
     RULES = [
         _Rule("PERSON", rf"\b{_NAME_CUES}[,:]?\s+(?:{_TITLE}\s+)?(?P<v>{_NAME})\b", 0.5, "v"),
         _Rule("LOCATION", rf"\b{_PLACE_CUES}\s+(?P<v>{_NAME})\b", 0.5, "v"),
+        # A postcode or a birthday after its words in prose: "my zip code is 97201",
+        # "her birthday is March 3rd" (no year, so the date rules leave it).
+        _Rule("ADDRESS", rf"(?i:\b(?:zip(?:\s*code)?|postal\s+code|post\s?code)(?:\s+is)?\s*:?\s*)(?P<v>(?-i:\d{{5}}(?:-\d{{4}})?|{_UK_POSTCODE}|{_CA_POSTCODE}))(?![A-Za-z0-9])", 0.6, "v"),
+        _Rule("DATE_TIME", rf"(?i:\b(?:born\s+on|birthday(?:\s+is)?(?:\s+on)?|b-?day(?:\s+is)?|date\s+of\s+birth(?:\s+is)?)\s*:?\s*(?:the\s+)?)(?P<v>(?-i:{_MONTH}\s+{_DAY}|{_DAY}(?:\s+of)?\s+{_MONTH}|[0-3]?\d[/.\-][0-3]?\d))\b", 0.6, "v"),
         *_form_rules(),
         *(
             _Rule(entity_type, rf"(?i:{cue})(?:\s+(?:number|no\.?|num\.?|#|is|was|:))*\s*:?\s*(?P<v>{_DOCUMENT_VALUE})(?![A-Za-z0-9])", 0.65, "v")
