@@ -313,7 +313,7 @@ _PHONE_CUE = re.compile(
 _PHONE_CUE_WINDOW = 32
 
 
-class EnglishPhoneRecognizer(EntityRecognizer):
+class EnglishPhoneRecognizer(_RulesRecognizer):
     """Phone numbers as people write them in English: national or international, with
     parentheses, dots, dashes or spaces, and extensions ("x5679", "ext. 12").
 
@@ -323,15 +323,7 @@ class EnglishPhoneRecognizer(EntityRecognizer):
     digits, needs a cue such as "phone", "call" or "reach me" just before it.
     """
 
-    def __init__(self, supported_language: str = "en"):
-        super().__init__(
-            supported_entities=["PHONE_NUMBER"],
-            supported_language=supported_language,
-            name=type(self).__name__,
-        )
-
-    def load(self) -> None:
-        pass
+    RULES = [_Rule("PHONE_NUMBER", _PHONE_CANDIDATE.pattern, 0.4)]  # candidates; analyze decides
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
