@@ -6,6 +6,7 @@ import functools
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import spacy
 import tldextract
@@ -139,7 +140,14 @@ def _load_ner_only(name: str) -> spacy.language.Language:
 
 
 class OfflineSpacyNlpEngine(SpacyNlpEngine):
-    """SpacyNlpEngine that loads installed models only and falls back to a blank pipeline."""
+    """SpacyNlpEngine that loads installed models only and falls back to a blank pipeline.
+
+    `ner_off` names the languages whose NER was turned off on purpose: no warning for those.
+    """
+
+    def __init__(self, *args: Any, ner_off: frozenset[str] = frozenset(), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ner_off = ner_off
 
     def load(self) -> None:
         global _has_warned_no_ner
@@ -152,7 +160,8 @@ class OfflineSpacyNlpEngine(SpacyNlpEngine):
                 self.nlp[lang] = _load_ner_only(name)
             else:
                 self.nlp[lang] = spacy.blank(lang)
-                blank.append(lang)
+                if lang not in self.ner_off:
+                    blank.append(lang)
         if blank and not _has_warned_no_ner:
             _has_warned_no_ner = True
             logger.warning(
@@ -342,7 +351,10 @@ def build_analyzer(
         {"lang_code": lang, "model_name": _model_for(lang, spacy_model, i == 0)}
         for i, lang in enumerate(languages)
     ]
-    nlp_engine = OfflineSpacyNlpEngine(models=models, ner_model_configuration=_NER_CONFIGURATION)
+    ner_off = frozenset(languages[:1]) if spacy_model == "" else frozenset()
+    nlp_engine = OfflineSpacyNlpEngine(
+        models=models, ner_model_configuration=_NER_CONFIGURATION, ner_off=ner_off
+    )
     nlp_engine.load()
     registry = RecognizerRegistry(supported_languages=list(languages))
     for lang in languages:
