@@ -146,7 +146,10 @@ def analyze(
     spacy_model: SpacyModel = None,
 ) -> None:
     """Find personal data in free text; writes entity spans per line, never the text."""
-    from pipeline.privacy import TextAnalyzerPool, find_entities
+    from tqdm import tqdm
+
+    from pipeline.privacy import TextAnalyzerPool
+    from pipeline.privacy.text import find_entities_batch
 
     _check_out(out, (".jsonl",))
     rows = _read_jsonl(input_path)
@@ -159,9 +162,13 @@ def analyze(
         if workers > 1:
             with TextAnalyzerPool(workers, spacy_model=spacy_model) as pool:
                 found = pool.find_entities(texts, language)
-        else:
+        else:  # spaCy over batches, not text by text; same spans (tests/test_privacy.py)
             analyzer = _analyzer(spacy_model)
-            found = [find_entities(text, analyzer, language) for text in texts]
+            found = []
+            with tqdm(total=len(texts), desc=f"analyze {language}", unit="text", disable=None) as bar:
+                for start in range(0, len(texts), 256):
+                    found += find_entities_batch(texts[start : start + 256], analyzer, language)
+                    bar.update(len(texts[start : start + 256]))
         for i, spans in zip(picked, found, strict=True):
             spans_by_row[i] = spans
     counts: Counter[str] = Counter()
