@@ -112,6 +112,7 @@ class ModelRegistry:
         force: bool = False,
         champion_score: Callable[[Any], float] | None = None,
         uplift_holdout: tuple[Any, Any, Any] | None = None,
+        baseline_score: float | None = None,
     ) -> ModelVersionInfo:
         """Log a fitted model as one run, register it as a new version, and maybe promote it.
 
@@ -125,6 +126,9 @@ class ModelRegistry:
 
         ``y_holdout`` and ``p_holdout`` add ROC, gain and calibration plots to the run;
         ``uplift_holdout``, a tuple ``(y, treatment, uplift)`` of the hold-out, adds a Qini plot.
+        ``baseline_score`` is the best simple baseline's ``primary_metric`` on the same hold-out:
+        a version that does not reach it is registered but never promoted, not even as the
+        first champion, unless ``force`` is set.
         """
         name = registered_name(tenant_id, kind)
         if primary_metric not in metrics:
@@ -168,7 +172,7 @@ class ModelRegistry:
             self._client.set_model_version_tag(name, str(version), key, value)
 
         is_champion, decision = self._should_promote(
-            name, metrics[primary_metric], primary_metric, force, champion_score
+            name, metrics[primary_metric], primary_metric, force, champion_score, baseline_score
         )
         self._client.set_model_version_tag(name, str(version), "promotion", decision)
         if is_champion:
@@ -189,7 +193,15 @@ class ModelRegistry:
         primary_metric: str,
         force: bool,
         champion_score: Callable[[Any], float] | None,
+        baseline_score: float | None = None,
     ) -> tuple[bool, str]:
+        if baseline_score is not None and not force and not np.isnan(baseline_score):
+            lower = primary_metric in _LOWER_IS_BETTER
+            if (score > baseline_score) if lower else (score < baseline_score):
+                return False, (
+                    f"not promoted: {primary_metric} {score:.6g} does not reach the best simple "
+                    f"baseline's {baseline_score:.6g} on the same hold-out"
+                )
         current = self._champion_version_by_name(name)
         if current is None:
             return True, "promoted: first champion"

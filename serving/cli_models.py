@@ -71,11 +71,14 @@ def model_train(
     target_event: Annotated[str, typer.Option(help="With --events: the event the label waits for.")] = "purchase",
     threads: Annotated[int, typer.Option(min=1, help="OpenMP threads; 1 is fastest on a busy host.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the hold-out split and the learner.")] = 0,
-    force: Annotated[bool, typer.Option(help="Promote even if it does not beat the champion.")] = False,
+    force: Annotated[bool, typer.Option(help="Promote even if it does not beat the champion or the best baseline.")] = False,
+    cv_folds: Annotated[int, typer.Option(min=2, max=20, help="With --table: folds of the cross-validation that picks the learner.")] = 5,
 ) -> None:
     """Train a tenant's model from a labelled table or from raw events, and register it.
 
-    Prints one JSON line: tenant, kind, version, held-out metrics and whether it became champion.
+    Prints one JSON line: tenant, kind, version, held-out metrics and whether it became champion;
+    from a table without --treatment also the candidates' cross-validated ROC AUC and the
+    baselines' on the same hold-out (a table of them on stderr).
     """
     if (table is None) == (events is None):
         fail("give exactly one of --table FILE or --events FILE")
@@ -93,7 +96,15 @@ def model_train(
         started = time.perf_counter()
         result = train_table(tenant, frame, label=label, registry=_registry(), positive=positive,
                              drop=drop or (), treatment=treatment, control=control,
-                             random_state=seed, n_threads=threads, force=force)
+                             random_state=seed, n_threads=threads, force=force, cv_folds=cv_folds)
+        if result.baselines:
+            primary = "roc_auc"
+            typer.echo(f"{'held-out ' + primary:<34} {result.metrics[primary]:.4f}  {result.learner} "
+                       f"(chosen by {cv_folds}-fold CV on the training rows)", err=True)
+            for name, cv in sorted(result.cv_scores.items()):
+                typer.echo(f"{'  cv ' + name:<34} {cv:.4f}", err=True)
+            for name, value in result.baselines.items():
+                typer.echo(f"{'  baseline ' + name + ', same hold-out':<34} {value:.4f}", err=True)
         typer.echo(json.dumps({
             "tenant": tenant, "kind": result.kind, "version": result.version.version,
             "metrics": _rounded(result.metrics), "champion": result.version.is_champion,
@@ -101,6 +112,7 @@ def model_train(
             "dropped": list(drop or ()), "identifier_columns": result.dropped_identifiers,
             "fit_seconds": round(result.fit_seconds, 2),
             "seconds": round(time.perf_counter() - started, 2),
+            "baselines": _rounded(result.baselines), "cv": _rounded(result.cv_scores),
         }))
         return
 

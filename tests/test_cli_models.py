@@ -68,6 +68,12 @@ def test_train_prints_metrics_and_a_worse_challenger_is_registered_but_not_promo
     assert set(first_line["metrics"]) >= {"roc_auc", "pr_auc", "lift_at_10pct", "brier"}
     assert first_line["metrics"]["roc_auc"] > 0.65
     assert first_line["identifier_columns"] == ["customer"]
+    # The simple baselines on the same hold-out, beside the learner CV chose.
+    assert set(first_line["baselines"]) == {"logistic", "prior"}
+    assert set(first_line["cv"]) == {"TableModel", "LogisticTableModel"}
+    assert first_line["learner"] == max(first_line["cv"], key=first_line["cv"].__getitem__)
+    assert first_line["metrics"]["roc_auc"] >= first_line["baselines"]["logistic"]
+    assert "baseline logistic, same hold-out" in first.stderr
     assert worse_line["version"] == 2 and worse_line["champion"] is False
     assert worse_line["metrics"]["roc_auc"] < first_line["metrics"]["roc_auc"]
 

@@ -101,6 +101,25 @@ def test_a_better_challenger_is_promoted(registry, data, good_model, bad_model):
     assert registry.champion_version("better") == challenger.version
 
 
+def test_a_challenger_below_the_best_baseline_is_registered_but_not_promoted(
+    registry, data, good_model
+):
+    X, y = data["holdout"]
+    score = roc_auc(y, good_model.predict_proba(X)[:, 1])
+
+    # Not even as the first champion: a tenant would rather have none than a worse one.
+    below = _log(registry, "gated", good_model, data, baseline_score=score + 0.01)
+    assert below.version == 1 and not below.is_champion
+    assert registry.champion_version("gated") is None
+    decision = registry.describe_version("gated", "propensity", 1)["tags"]["promotion"]
+    assert decision.startswith("not promoted") and "baseline" in decision
+
+    level = _log(registry, "gated", good_model, data, baseline_score=score)
+    assert level.is_champion and registry.champion_version("gated") == 2
+    forced = _log(registry, "gated-forced", good_model, data, baseline_score=score + 0.5, force=True)
+    assert forced.is_champion
+
+
 def test_force_and_promote_override_the_comparison(registry, data, good_model, bad_model):
     _log(registry, "forced", good_model, data)
 
