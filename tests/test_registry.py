@@ -101,6 +101,17 @@ def test_a_better_challenger_is_promoted(registry, data, good_model, bad_model):
     assert registry.champion_version("better") == challenger.version
 
 
+def _log_gated(registry, tenant_id, model, data, baseline, rows=None, **kwargs):
+    """Log with a baseline; with ``rows``, also the first ``rows`` held-out labels and scores."""
+    X, y = data["holdout"]
+    p = model.predict_proba(X)[:, 1]
+    return registry.log_model(
+        tenant_id, "propensity", model, X_example=X, metrics={"roc_auc": roc_auc(y, p)}, params={},
+        y_holdout=None if rows is None else y[:rows], p_holdout=None if rows is None else p[:rows],
+        baseline_score=baseline, **kwargs,
+    )
+
+
 def test_a_challenger_below_the_best_baseline_is_registered_but_not_promoted(
     registry, data, good_model
 ):
@@ -108,16 +119,27 @@ def test_a_challenger_below_the_best_baseline_is_registered_but_not_promoted(
     score = roc_auc(y, good_model.predict_proba(X)[:, 1])
 
     # Not even as the first champion: a tenant would rather have none than a worse one.
-    below = _log(registry, "gated", good_model, data, baseline_score=score + 0.01)
+    below = _log_gated(registry, "gated", good_model, data, score + 0.01)
     assert below.version == 1 and not below.is_champion
     assert registry.champion_version("gated") is None
     decision = registry.describe_version("gated", "propensity", 1)["tags"]["promotion"]
     assert decision.startswith("not promoted") and "baseline" in decision
 
-    level = _log(registry, "gated", good_model, data, baseline_score=score)
+    level = _log_gated(registry, "gated", good_model, data, score)
     assert level.is_champion and registry.champion_version("gated") == 2
-    forced = _log(registry, "gated-forced", good_model, data, baseline_score=score + 0.5, force=True)
+    forced = _log_gated(registry, "gated-forced", good_model, data, score + 0.5, force=True)
     assert forced.is_champion
+
+
+def test_a_hold_out_too_small_to_tell_records_the_baseline_but_does_not_enforce_it(
+    registry, data, good_model
+):
+    _, y = data["holdout"]
+    assert np.bincount(y[:80]).min() < 50
+    small = _log_gated(registry, "small-holdout", good_model, data, 0.999, rows=80)
+    assert small.is_champion
+    decision = registry.describe_version("small-holdout", "propensity", 1)["tags"]["promotion"]
+    assert "not enforced" in decision and "fewer than 50" in decision
 
 
 def test_force_and_promote_override_the_comparison(registry, data, good_model, bad_model):
