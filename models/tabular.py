@@ -42,7 +42,18 @@ def categorical_columns(X: pd.DataFrame) -> list[str]:
     ]
 
 
-class TableModel(ClassifierMixin, BaseEstimator):
+class _TakesTables:
+    """Tags of an estimator that takes tables with missing values, text and categories."""
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.input_tags.allow_nan = True
+        tags.input_tags.categorical = True
+        tags.input_tags.string = True
+        return tags  # type: ignore[no-any-return]
+
+
+class TableModel(_TakesTables, ClassifierMixin, BaseEstimator):
     """Gradient-boosted trees over a table whose columns are numbers, booleans or categories.
 
     Text (and pandas ``category``) columns are split natively as categories by
@@ -128,13 +139,6 @@ class TableModel(ClassifierMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.random_state = random_state
         self.n_threads = n_threads
-
-    def __sklearn_tags__(self) -> Tags:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.categorical = True
-        tags.input_tags.string = True
-        return tags
 
     def fit(
         self, X: ArrayLike | pd.DataFrame, y: ArrayLike, sample_weight: ArrayLike | None = None
@@ -297,7 +301,7 @@ def _as_text(X: pd.DataFrame) -> NDArray[Any]:
     return text
 
 
-class LogisticTableModel(ClassifierMixin, BaseEstimator):
+class LogisticTableModel(_TakesTables, ClassifierMixin, BaseEstimator):
     """L2-regularised logistic regression over the same tables: numbers median-imputed and
     scaled, categories one-hot (rare ones pooled, unseen ones ignored).
 
@@ -319,13 +323,6 @@ class LogisticTableModel(ClassifierMixin, BaseEstimator):
         self.C = C
         self.min_frequency = min_frequency
         self.max_iter = max_iter
-
-    def __sklearn_tags__(self) -> Tags:
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.categorical = True
-        tags.input_tags.string = True
-        return tags
 
     def fit(self, X: ArrayLike | pd.DataFrame, y: ArrayLike) -> LogisticTableModel:
         """Fit the encoders and the regression.
