@@ -21,7 +21,13 @@ from sklearn.utils.validation import (
 
 from models._threads import openmp_threads
 
-__all__ = ["LogisticTableModel", "TableModel", "categorical_columns", "cross_validated_auc"]
+__all__ = [
+    "LogisticTableModel",
+    "TableModel",
+    "categorical_columns",
+    "choose_by_cv",
+    "cross_validated_auc",
+]
 
 
 def categorical_columns(X: pd.DataFrame) -> list[str]:
@@ -452,3 +458,27 @@ def cross_validated_auc(
             p = fitted.predict_proba(X.iloc[test_rows])[:, 1]
             scores[name].append(float(roc_auc_score(labels[test_rows], p)))
     return {name: float(np.mean(values)) for name, values in scores.items()}
+
+
+def choose_by_cv(
+    candidates: dict[str, BaseEstimator],
+    X: pd.DataFrame,
+    y: ArrayLike,
+    folds: int = 5,
+    random_state: int = 0,
+) -> tuple[str, BaseEstimator, dict[str, float]]:
+    """The candidate with the best :func:`cross_validated_auc`, refitted on all of ``X, y``.
+
+    When nothing can be cross-validated (a class with under two rows) the first candidate is
+    the default.
+
+    Returns
+    -------
+    (name, fitted estimator, {name: mean CV ROC AUC}) ; the dict leaves out unscored candidates.
+    """
+    from sklearn.base import clone
+
+    scored = cross_validated_auc(candidates, X, y, folds=folds, random_state=random_state)
+    cv = {name: v for name, v in scored.items() if not np.isnan(v)}
+    name = max(cv, key=cv.__getitem__) if cv else next(iter(candidates))
+    return name, clone(candidates[name]).fit(X, np.asarray(y)), cv

@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from models.metrics import propensity_report, uplift_report
 from models.registry import ModelRegistry, ModelVersionInfo
-from models.tabular import LogisticTableModel, TableModel, cross_validated_auc
+from models.tabular import LogisticTableModel, TableModel, choose_by_cv
 from models.uplift import UpliftModel
 from pipeline.errors import InvalidInputError
 
@@ -288,12 +287,9 @@ def train_table(
             "TableModel": TableModel(random_state=random_state, n_threads=n_threads),
             "LogisticTableModel": LogisticTableModel(),
         }
-        cv_scores = cross_validated_auc(candidates, X_train, y_train, folds=cv_folds,
-                                        random_state=random_state)
-        # Too few of a class to cross-validate: the booster, as before selection existed.
-        cv_scores = {name: v for name, v in cv_scores.items() if not np.isnan(v)}
-        learner = max(cv_scores, key=cv_scores.__getitem__) if cv_scores else "TableModel"
-        model = clone(candidates[learner]).fit(X_train, y_train)
+        # Too few of a class to cross-validate: the booster (first), as before selection existed.
+        learner, model, cv_scores = choose_by_cv(candidates, X_train, y_train, folds=cv_folds,
+                                                 random_state=random_state)
         fit_seconds = time.perf_counter() - started
         p_hold = model.predict_proba(X_hold)[:, 1]
         metrics = propensity_report(y_hold, p_hold)

@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from models.metrics import propensity_report, roc_auc
 from models.propensity import PropensityModel
 from models.registry import ModelRegistry, ModelVersionInfo
 from models.repeat import BgNbd, rfm_summary
-from models.tabular import LogisticTableModel, cross_validated_auc
+from models.tabular import LogisticTableModel, choose_by_cv
 from pipeline.errors import InvalidInputError
 from pipeline.features import FEATURE_COLUMNS, NO_ACTIVITY_DAYS, build_features, build_labels
 
@@ -37,19 +36,13 @@ class TrainingResult:
     cv_scores: dict[str, float] = field(default_factory=dict)  # candidates, training users only
 
 
-def _candidates(random_state: int) -> dict[str, Any]:
-    """Learners over FEATURE_COLUMNS (what the online scorer builds), chosen between by CV."""
-    return {"PropensityModel": PropensityModel(random_state=random_state),
-            "LogisticTableModel": LogisticTableModel()}
-
-
 def _choose(X_train: pd.DataFrame, y_train: np.ndarray, folds: int, random_state: int
             ) -> tuple[str, Any, dict[str, float]]:
-    candidates = _candidates(random_state)
-    cv = {k: v for k, v in cross_validated_auc(candidates, X_train, y_train, folds=folds,
-                                                random_state=random_state).items() if not np.isnan(v)}
-    learner = max(cv, key=cv.__getitem__) if cv else "PropensityModel"
-    return learner, clone(candidates[learner]).fit(X_train, y_train), cv
+    """The booster or a logistic regression, both over FEATURE_COLUMNS (what the online scorer
+    builds), by CV on the training users; the booster when nothing can be cross-validated."""
+    candidates = {"PropensityModel": PropensityModel(random_state=random_state),
+                  "LogisticTableModel": LogisticTableModel()}
+    return choose_by_cv(candidates, X_train, y_train, folds=folds, random_state=random_state)
 
 
 def _repeat_baselines(rfm_train: pd.DataFrame, y_train: np.ndarray, rfm_hold: pd.DataFrame,

@@ -164,11 +164,8 @@ def analyze(
                 found = pool.find_entities(texts, language)
         else:  # spaCy over batches, not text by text; same spans (tests/test_privacy.py)
             analyzer = _analyzer(spacy_model)
-            found = []
             with tqdm(total=len(texts), desc=f"analyze {language}", unit="text", disable=None) as bar:
-                for start in range(0, len(texts), 256):
-                    found += find_entities_batch(texts[start : start + 256], analyzer, language)
-                    bar.update(len(texts[start : start + 256]))
+                found = find_entities_batch(texts, analyzer, language, progress=bar.update)
         for i, spans in zip(picked, found, strict=True):
             spans_by_row[i] = spans
     counts: Counter[str] = Counter()

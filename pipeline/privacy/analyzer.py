@@ -191,8 +191,8 @@ class OfflineSpacyNlpEngine(SpacyNlpEngine):
 
 
 class SpacyNerRecognizer(SpacyRecognizer):
-    """Presidio's SpacyRecognizer without the entities spaCy's small model gets wrong here:
-    dates (it calls digit runs DATE) and PERSON spans holding digits or symbols."""
+    """Presidio's SpacyRecognizer without the entities spaCy's small model gets wrong here
+    (dates, lowercase words, field labels, names with digits): see keep_spacy_result."""
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None

@@ -127,7 +127,6 @@ _COMPANY_SUFFIXES = (
 _COMPANY = rf"\b(?:[A-Z][A-Za-z'&]+(?:[,-]\s?|\s))(?:(?:[A-Z][A-Za-z']+|and|&)(?:[,-]\s?|\s)){{0,3}}?(?:{_COMPANY_SUFFIXES})(?![A-Za-z])"
 
 
-
 class _Rule:
     __slots__ = ("entity_type", "group", "regex", "score")
 
@@ -201,13 +200,13 @@ class EnglishShapeRecognizer(_RulesRecognizer):
     RULES = [
         _Rule("ADDRESS", rf"(?<![\w\-]){_STREET}{_UNIT}?{_TAIL}", 0.9),
         _Rule("ADDRESS", rf"\b(?:{_WORD}\s+){{0,2}}{_WORD},?\s+{_REGION_AND_CODE}(?![A-Za-z0-9])", 0.9),
-        # Streets named before their kind ("4 Rue de la Paix", "12 Via Roma") or without one,
-        # when a city and postcode follow ("1150 W Broadway, Vancouver BC V6H 1G8").
         # The number after the street ("Baker Street 12", "Hauptstrasse 5a"), or a named street
         # with no number after "on", "at", "near" ("lives on Quigley Avenue").
         _Rule("ADDRESS", rf"\b(?:{_WORD}\s+){{0,3}}{_WORD}\s+(?i:{_SUFFIXES})\.?\s+\d{{1,5}}[A-Za-z]?\b(?![.,]\d)", 0.86),
         _Rule("ADDRESS", r"\b[A-Z][a-zäöüß]+(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|laan|straat|gade|vej|gatan|vägen)\s+\d{1,5}[a-z]?\b", 0.86),
         _Rule("ADDRESS", rf"(?i:\b(?:on|at|in|off|near|along|onto|down|up)\s+)(?P<v>(?:{_WORD}\s+){{0,2}}{_WORD}\s+(?:Street|Avenue|Road|Lane|Drive|Boulevard|Crescent|Terrace|Parkway|Highway|Court|Place|Square|Close|Way))\b", 0.86, "v"),
+        # Streets named before their kind ("4 Rue de la Paix", "12 Via Roma") or without one,
+        # when a city and postcode follow ("1150 W Broadway, Vancouver BC V6H 1G8").
         _Rule("ADDRESS", rf"(?<![\w\-])\d{{1,5}},?\s+(?:Rue|Via|Calle|Avenida|Avenue|Rua|Piazza|Plaza|Strada|Boulevard|Place|Chemin|Allee|Carrer)\s+(?:(?:de|del|della|di|do|da|du|des|la|le|los|las|dos|das)\s+){{0,2}}{_WORD}(?:\s+{_WORD}){{0,2}}", 0.8),
         _Rule("ADDRESS", rf"(?<![\w\-])\d{{1,6}}[A-Za-z]?\s+(?:{_WORD}\s+){{0,3}}{_WORD},\s+(?:{_WORD}\s+){{0,2}}{_WORD},?\s+{_REGION_AND_CODE}(?![A-Za-z0-9])", 0.85),
         _Rule("ADDRESS", rf"(?<![A-Za-z0-9]){_UK_POSTCODE}(?![A-Za-z0-9])", 0.86),
@@ -231,15 +230,6 @@ class EnglishCueRecognizer(_RulesRecognizer):
     """Values that need their cue: a name after "my name is" or "Dear", a value after a form
     label such as "DOB:" or "Passport no.:"; "Dear Sir" and "from Monday" are no names."""
 
-    def analyze(
-        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
-    ) -> list[RecognizerResult]:
-        return [
-            result
-            for result in super().analyze(text, entities, nlp_artifacts)
-            if not _never_personal(text[result.start : result.end])
-        ]
-
     RULES = [
         _Rule("PERSON", rf"\b{_NAME_CUES}[,:]?\s+(?:{_TITLE}\s+)?(?P<v>{_NAME})\b", 0.5, "v"),
         _Rule("LOCATION", rf"\b{_PLACE_CUES}\s+(?P<v>{_NAME})\b", 0.5, "v"),
@@ -253,6 +243,15 @@ class EnglishCueRecognizer(_RulesRecognizer):
             for entity_type, cue in _DOCUMENT_CUES
         ),
     ]
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        return [
+            result
+            for result in super().analyze(text, entities, nlp_artifacts)
+            if not _never_personal(text[result.start : result.end])
+        ]
 
 
 _SPACY_DROPPED = frozenset({"DATE_TIME"})
@@ -298,9 +297,9 @@ def keep_spacy_result(text: str, result: RecognizerResult) -> bool:
     return not (result.entity_type == "PERSON" and _NOT_A_NAME.search(value))
 
 
-_PHONE_CANDIDATE = re.compile(
+_PHONE_CANDIDATE = (
     r"(?<![\w+#/.\-])"
-    r"(?P<number>(?:\+\d{1,3}(?:\s?\(0\))?[ .\-]?|00\d{1,3}[ .\-]|001[ .\-])?"
+    r"(?P<number>(?:\+\d{1,3}(?:\s?\(0\))?[ .\-]?|00\d{1,3}[ .\-])?"
     r"(?:\(\d{1,5}\)[ .\-]?)?\d{1,12}(?:[ .\-]\d{1,8}){0,5})"
     r"(?:\s?(?:x|ext\.?|extension)\s?\d{1,6})?"
     r"(?![\w\-/]|\.\d)"
@@ -323,7 +322,7 @@ class EnglishPhoneRecognizer(_RulesRecognizer):
     digits, needs a cue such as "phone", "call" or "reach me" just before it.
     """
 
-    RULES = [_Rule("PHONE_NUMBER", _PHONE_CANDIDATE.pattern, 0.4)]  # candidates; analyze decides
+    RULES = [_Rule("PHONE_NUMBER", _PHONE_CANDIDATE, 0.4)]  # candidates; analyze decides
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
@@ -331,7 +330,7 @@ class EnglishPhoneRecognizer(_RulesRecognizer):
         if "PHONE_NUMBER" not in entities:
             return []
         results = []
-        for match in _PHONE_CANDIDATE.finditer(text):
+        for match in self.RULES[0].regex.finditer(text):
             number = match.group("number")
             digits = sum(c.isdigit() for c in number)
             if digits < 7 or digits > 15 or _IPV4_SHAPE.fullmatch(number):

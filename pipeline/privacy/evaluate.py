@@ -183,13 +183,8 @@ def pushpilot_detector(analyzer: AnalyzerEngine, progress: Callable[[int], None]
     from pipeline.privacy.text import find_entities_batch
 
     def detect(texts: Sequence[str]) -> list[list[tuple[int, int]]]:
-        out: list[list[tuple[int, int]]] = []
-        for start in range(0, len(texts), 64):
-            chunk = texts[start : start + 64]
-            out += [[(s.start, s.end) for s in spans] for spans in find_entities_batch(chunk, analyzer)]
-            if progress is not None:
-                progress(len(chunk))
-        return out
+        found = find_entities_batch(list(texts), analyzer, progress=progress)
+        return [[(s.start, s.end) for s in spans] for spans in found]
 
     return detect
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerResult
@@ -164,9 +164,14 @@ def find_pattern_entities(
 
 
 def find_entities_batch(
-    texts: Sequence[str], analyzer: AnalyzerEngine, language: str = "en", batch_size: int = 64
+    texts: Sequence[str],
+    analyzer: AnalyzerEngine,
+    language: str = "en",
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[Span]]:
-    """find_entities for each text, with spaCy run over batches (nlp.pipe), not text by text."""
+    """find_entities for each text, with spaCy run over batches (nlp.pipe), not text by text;
+    ``progress(1)`` after each text."""
     by_language: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
         lang = language_for(text, language, analyzer.supported_languages)
@@ -179,6 +184,8 @@ def find_entities_batch(
         for i, (_, nlp_artifacts) in zip(positions, artifacts, strict=True):
             results = analyzer.analyze(text=texts[i], language=lang, nlp_artifacts=nlp_artifacts)
             out[i] = _spans(texts[i], results)
+            if progress is not None:
+                progress(1)
     return out
 
 
