@@ -330,13 +330,17 @@ class LogisticTableModel(_TakesTables, ClassifierMixin, BaseEstimator):
         self.min_frequency = min_frequency
         self.max_iter = max_iter
 
-    def fit(self, X: ArrayLike | pd.DataFrame, y: ArrayLike) -> LogisticTableModel:
+    def fit(
+        self, X: ArrayLike | pd.DataFrame, y: ArrayLike, sample_weight: ArrayLike | None = None
+    ) -> LogisticTableModel:
         """Fit the encoders and the regression.
 
         Parameters
         ----------
         X : DataFrame or array-like of shape (n_rows, n_features)
         y : array-like of shape (n_rows,)
+        sample_weight : array-like of shape (n_rows,), default=None
+            Weights of the rows in the regression's loss.
 
         Returns
         -------
@@ -372,7 +376,7 @@ class LogisticTableModel(_TakesTables, ClassifierMixin, BaseEstimator):
         self.pipeline_ = Pipeline([
             ("encode", ColumnTransformer(parts, sparse_threshold=1.0)),
             ("regress", LogisticRegression(C=self.C, max_iter=self.max_iter)),
-        ]).fit(self._prepared(frame), y)
+        ]).fit(self._prepared(frame), y, regress__sample_weight=sample_weight)
         self.classes_ = self.pipeline_.classes_
         self.n_iter_ = self.pipeline_[-1].n_iter_
         return self

@@ -8,15 +8,25 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from models.metrics import qini_auc
-from models.tabular import TableModel
+from models.tabular import LogisticTableModel, TableModel
 
-__all__ = ["LEARNERS", "TwoModelUplift", "ClassTransformationUplift", "UpliftModel"]
+__all__ = [
+    "LEARNERS",
+    "TwoModelUplift",
+    "ClassTransformationUplift",
+    "UpliftModel",
+    "make_learner",
+    "cross_validated_qini",
+    "one_standard_error_choice",
+]
 
-LEARNERS: tuple[str, ...] = ("two_model", "class_transformation")
+#: Candidate uplift learners, simplest first: class transformation and T-learner, each with the
+#: regularised logistic regression and with boosting, so the strong simple learners compete.
+LEARNERS: tuple[str, ...] = ("ct_logistic", "t_logistic", "ct_boost", "t_boost")
 
 
 def _default_learner(random_state: Any, n_threads: int | None) -> TableModel:
@@ -209,55 +219,144 @@ class ClassTransformationUplift(BaseEstimator):
         return 2.0 * self.model_.predict_proba(X)[:, 1] - 1.0  # type: ignore[no-any-return]
 
 
-class UpliftModel(BaseEstimator):
-    """The uplift learner that ranks a validation split best, refitted on the whole log.
+def make_learner(name: str, random_state: int | None = None,
+                 n_threads: int | None = None) -> TwoModelUplift | ClassTransformationUplift:
+    """A fresh uplift learner by its name in :data:`LEARNERS`.
 
-    Each learner in ``learners`` is fitted on ``1 - validation_fraction`` of the rows and
-    scored by Qini AUC (:func:`models.metrics.qini_auc`) on the rest; the winner is then
-    fitted on every row. The split is stratified on outcome and treatment together.
+    ``ct_*`` are :class:`ClassTransformationUplift`, ``t_*`` are :class:`TwoModelUplift`;
+    ``*_logistic`` use :class:`~models.tabular.LogisticTableModel`, ``*_boost`` the boosted
+    :class:`~models.tabular.TableModel` with the larger leaves uplift needs.
+    """
+    if name not in LEARNERS:
+        raise ValueError(f"unknown uplift learner {name!r}; choose from {LEARNERS}")
+    family, base = name.split("_", 1)
+    estimator = (LogisticTableModel() if base == "logistic"
+                 else _default_learner(random_state, n_threads))
+    if family == "ct":
+        return ClassTransformationUplift(estimator=estimator)
+    return TwoModelUplift(estimator=estimator)
+
+
+def cross_validated_qini(
+    candidates: dict[str, BaseEstimator],
+    X: ArrayLike | pd.DataFrame,
+    y: ArrayLike,
+    treatment: ArrayLike,
+    folds: int = 5,
+    random_state: int | None = 0,
+) -> dict[str, list[float]]:
+    """Qini AUC of each uplift candidate on each of the same stratified k held-out folds.
+
+    Folds are stratified on outcome and treatment together, so each held-out fold has
+    treated and control responders in the log's proportions. A candidate that cannot be fitted
+    or scored on some fold (a group without both outcomes) scores NaN there; when a stratum
+    has fewer rows than ``folds`` every candidate gets an empty list.
+
+    Returns
+    -------
+    dict of str to list of float
+        One score per fold, in fold order.
+    """
+    X, y_arr, t_bool = _check_log(X, y, treatment)
+    strata = y_arr * 2 + t_bool
+    scores: dict[str, list[float]] = {name: [] for name in candidates}
+    if folds < 2 or np.bincount(strata, minlength=4).min() < folds:
+        return scores
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    for fit_rows, held_rows in splitter.split(np.zeros(len(y_arr)), strata):
+        fit_mask = np.zeros(len(y_arr), dtype=bool)
+        fit_mask[fit_rows] = True
+        for name, candidate in candidates.items():
+            try:
+                fitted = clone(candidate).fit(_rows(X, fit_mask), y_arr[fit_mask], t_bool[fit_mask])
+                scores[name].append(qini_auc(y_arr[held_rows], t_bool[held_rows],
+                                             fitted.predict(_rows(X, ~fit_mask))))
+            except ValueError:
+                scores[name].append(float("nan"))
+    return scores
+
+
+def one_standard_error_choice(fold_scores: dict[str, list[float]]) -> str | None:
+    """The first (simplest) candidate whose mean CV score is within one standard error of the
+    best mean (the one-standard-error rule, Hastie, Tibshirani and Friedman, ESL 7.10).
+
+    Uplift is a small difference of two rates, so candidates' CV Qini often differ by less
+    than their fold-to-fold noise; the rule then keeps the simpler learner rather than the
+    luckiest. Candidates with a NaN fold are out; None when none is left.
+    """
+    means = {name: float(np.mean(v)) for name, v in fold_scores.items()
+             if v and not np.isnan(v).any()}
+    if not means:
+        return None
+    best = max(means, key=means.__getitem__)
+    folds = np.asarray(fold_scores[best])
+    standard_error = float(folds.std(ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
+    return next(name for name in means if means[name] >= means[best] - standard_error)
+
+
+class UpliftModel(BaseEstimator):
+    """Per treatment arm, the uplift learner chosen by cross-validated Qini AUC.
+
+    Every arm other than ``control`` is modelled against the control group on its own (arms
+    are never pooled: two messages rarely move the same users). For each arm the candidates in
+    ``learners`` are scored by :func:`cross_validated_qini` over ``cv_folds`` folds of that
+    arm's and the control's rows; the simplest within one standard error of the best
+    (:func:`one_standard_error_choice`, ``learners`` being in order of simplicity) is refitted
+    on all of them. When no candidate can be cross-validated (too few responders) the first
+    candidate is used.
 
     Parameters
     ----------
-    learners : tuple of str, default=("two_model", "class_transformation")
+    learners : tuple of str, default=LEARNERS
         Candidates, from :data:`LEARNERS`.
-    validation_fraction : float, default=0.3
-        Share of rows held out to choose the learner.
+    cv_folds : int, default=5
+        Folds of the cross-validation that picks each arm's learner.
+    control : object, default=0
+        The value of ``treatment`` that marks the control group. With 0/1 (or boolean)
+        treatment the one arm is ``1``.
     random_state : int or None, default=None
-        Seed of the split and of the learners.
+        Seed of the folds and of the learners.
     n_threads : int or None, default=None
-        OpenMP threads of the learners.
+        OpenMP threads of the boosted learners.
 
     Attributes
     ----------
-    learner_ : str
-        Name of the chosen learner.
-    validation_scores_ : dict of str to float
-        Qini AUC of each candidate on the validation split.
-    estimator_ : TwoModelUplift or ClassTransformationUplift
-        The chosen learner, fitted on every row.
-    response_model_ : TableModel
-        Probability of a response if pushed, fitted on the treated rows.
+    arms_ : list of str
+        The treatment arms, as text, in sorted order.
+    learners_ : dict of str to str
+        The chosen learner per arm.
+    cv_scores_ : dict of str to dict of str to float
+        Mean CV Qini AUC per arm and candidate (NaN: could not be scored).
+    cv_fold_scores_ : dict of str to dict of str to list of float
+        The same, fold by fold.
+    estimators_ : dict of str to uplift learner
+        The chosen learner per arm, fitted on all of that arm's and the control's rows.
+    response_models_ : dict of str to classifier
+        Probability of a response if pushed with the arm, fitted on the arm's rows.
     """
 
     def __init__(
         self,
         learners: tuple[str, ...] = LEARNERS,
-        validation_fraction: float = 0.3,
+        cv_folds: int = 5,
+        control: Any = 0,
         random_state: int | None = None,
         n_threads: int | None = None,
     ):
         self.learners = learners
-        self.validation_fraction = validation_fraction
+        self.cv_folds = cv_folds
+        self.control = control
         self.random_state = random_state
         self.n_threads = n_threads
 
-    def _make(self, name: str) -> TwoModelUplift | ClassTransformationUplift:
-        if name == "two_model":
-            return TwoModelUplift(random_state=self.random_state, n_threads=self.n_threads)
-        return ClassTransformationUplift(random_state=self.random_state, n_threads=self.n_threads)
+    def _arm_mask(self, treatment: NDArray[Any]) -> tuple[NDArray[np.bool_], NDArray[Any]]:
+        labels = np.asarray(treatment).ravel()
+        text = labels.astype(str) if labels.dtype != bool else labels.astype(int).astype(str)
+        control = str(int(self.control)) if isinstance(self.control, bool) else str(self.control)
+        return text == control, text
 
     def fit(self, X: ArrayLike | pd.DataFrame, y: ArrayLike, treatment: ArrayLike) -> UpliftModel:
-        """Choose a learner on a validation split, then fit it on every row.
+        """Choose and fit one learner per arm.
 
         Parameters
         ----------
@@ -265,7 +364,7 @@ class UpliftModel(BaseEstimator):
         y : array-like of shape (n_users,)
             1 for a response, 0 otherwise.
         treatment : array-like of shape (n_users,)
-            1 for users who got the push, 0 for the randomised control group.
+            The arm each user was randomised to; ``control`` marks the control group.
 
         Returns
         -------
@@ -276,42 +375,61 @@ class UpliftModel(BaseEstimator):
             raise ValueError(
                 f"learners must be a non-empty tuple drawn from {LEARNERS}, got {self.learners!r}"
             )
-        if not 0.0 < self.validation_fraction < 1.0:
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be at least 2, got {self.cv_folds!r}")
+        y_arr = np.asarray(y).ravel()
+        is_control, arms = self._arm_mask(np.asarray(treatment))
+        if len(arms) != len(y_arr):
             raise ValueError(
-                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+                f"y and treatment must have the same number of rows, got {len(y_arr)} and {len(arms)}"
             )
-        X, y_arr, t_bool = _check_log(X, y, treatment)
-        self.validation_scores_: dict[str, float] = {}
-        if len(self.learners) == 1:
-            self.learner_ = self.learners[0]
-        else:
-            rows = np.arange(y_arr.shape[0])
-            fit_rows, val_rows = train_test_split(
-                rows,
-                test_size=self.validation_fraction,
-                stratify=y_arr * 2 + t_bool,
-                random_state=self.random_state,
-            )
-            fit_mask = np.isin(rows, fit_rows)
-            for name in self.learners:
-                candidate = self._make(name).fit(
-                    _rows(X, fit_mask), y_arr[fit_mask], t_bool[fit_mask]
-                )
-                self.validation_scores_[name] = qini_auc(
-                    y_arr[~fit_mask], t_bool[~fit_mask], candidate.predict(_rows(X, ~fit_mask))
-                )
-            self.learner_ = max(self.validation_scores_, key=self.validation_scores_.__getitem__)
-        self.estimator_ = self._make(self.learner_).fit(X, y_arr, t_bool)
-        if isinstance(self.estimator_, TwoModelUplift):
-            self.response_model_ = self.estimator_.treated_model_
-        else:
-            self.response_model_ = _default_learner(self.random_state, self.n_threads).fit(
-                _rows(X, t_bool), y_arr[t_bool]
-            )
+        if not is_control.any():
+            raise ValueError(f"control {self.control!r} never occurs in treatment")
+        self.arms_ = sorted(set(arms[~is_control].tolist()))
+        if not self.arms_:
+            raise ValueError("treatment holds only the control group; an uplift model needs treated users")
+        self.learners_: dict[str, str] = {}
+        self.cv_scores_: dict[str, dict[str, float]] = {}
+        self.cv_fold_scores_: dict[str, dict[str, list[float]]] = {}
+        self.estimators_: dict[str, Any] = {}
+        self.response_models_: dict[str, Any] = {}
+        for arm in self.arms_:
+            rows = is_control | (arms == arm)
+            X_arm, y_arm, t_arm = _rows(X, rows), y_arr[rows], (arms[rows] == arm)
+            candidates = {name: make_learner(name, self.random_state, self.n_threads)
+                          for name in self.learners}
+            folds = ({} if len(candidates) == 1 else cross_validated_qini(
+                candidates, X_arm, y_arm, t_arm, folds=self.cv_folds, random_state=self.random_state))
+            chosen = one_standard_error_choice(folds) or self.learners[0]
+            scores = {name: float(np.mean(v)) if v else float("nan") for name, v in folds.items()}
+            estimator = clone(candidates[chosen]).fit(X_arm, y_arm, t_arm)
+            self.learners_[arm], self.cv_scores_[arm], self.estimators_[arm] = chosen, scores, estimator
+            self.cv_fold_scores_[arm] = folds
+            if isinstance(estimator, TwoModelUplift):
+                self.response_models_[arm] = estimator.treated_model_
+            else:
+                self.response_models_[arm] = _default_learner(
+                    self.random_state, self.n_threads).fit(_rows(X_arm, t_arm), y_arm[t_arm])
         return self
 
-    def predict(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
-        """Uplift per user: the extra response probability a push causes.
+    def predict_arms(self, X: ArrayLike | pd.DataFrame) -> pd.DataFrame:
+        """Uplift per user and arm, one column per arm in :attr:`arms_`.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_users, n_features)
+
+        Returns
+        -------
+        DataFrame of shape (n_users, n_arms), on ``X``'s index when it is a DataFrame.
+        """
+        check_is_fitted(self)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return pd.DataFrame({arm: self.estimators_[arm].predict(X) for arm in self.arms_},
+                            index=index, columns=self.arms_)
+
+    def best_arm(self, X: ArrayLike | pd.DataFrame) -> NDArray[Any]:
+        """The arm with the highest uplift per user.
 
         Parameters
         ----------
@@ -321,11 +439,23 @@ class UpliftModel(BaseEstimator):
         -------
         ndarray of shape (n_users,)
         """
-        check_is_fitted(self)
-        return self.estimator_.predict(X)
+        return self.predict_arms(X).idxmax(axis=1).to_numpy()
+
+    def predict(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
+        """Uplift per user of the best arm for them: the extra response probability it causes.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_users, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_users,)
+        """
+        return self.predict_arms(X).max(axis=1).to_numpy(dtype=np.float64)
 
     def predict_response(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
-        """Probability of a response if pushed.
+        """Probability of a response if pushed with the best arm for each user.
 
         Parameters
         ----------
@@ -336,4 +466,10 @@ class UpliftModel(BaseEstimator):
         ndarray of shape (n_users,)
         """
         check_is_fitted(self)
-        return self.response_model_.predict_proba(X)[:, 1]  # type: ignore[no-any-return]
+        best = self.best_arm(X)
+        out = np.empty(len(best), dtype=np.float64)
+        for arm in self.arms_:
+            mask = best == arm
+            if mask.any():
+                out[mask] = self.response_models_[arm].predict_proba(_rows(X, mask))[:, 1]
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from models.metrics import propensity_report, uplift_report
 from models.registry import ModelRegistry, ModelVersionInfo
 from models.tabular import LogisticTableModel, TableModel, choose_by_cv
-from models.uplift import UpliftModel
+from models.uplift import TwoModelUplift, UpliftModel, make_learner
 from pipeline.errors import InvalidInputError
 
 __all__ = [
@@ -208,7 +209,8 @@ def prepare_table(
     return X.reset_index(drop=True), y.reset_index(drop=True), identifiers
 
 
-def _treated(frame: pd.DataFrame, treatment: str, control: str) -> np.ndarray:
+def _arms(frame: pd.DataFrame, treatment: str, control: str) -> np.ndarray:
+    """Each row's arm, as stripped text; the control value must occur, and another arm too."""
     arms = frame[treatment].astype("str").str.strip()
     distinct = sorted(arms.unique().tolist())
     if str(control).strip() not in distinct:
@@ -221,7 +223,68 @@ def _treated(frame: pd.DataFrame, treatment: str, control: str) -> np.ndarray:
             "treatment", f"{treatment!r} holds only the control arm {control!r}; an uplift model "
             "needs a randomised log with treated users too"
         )
-    return (arms != str(control).strip()).to_numpy()
+    return arms.to_numpy(dtype=object)
+
+
+_METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def _uplift_scores(per_arm: pd.DataFrame, y: np.ndarray, arms: np.ndarray,
+                   control: str) -> dict[str, float]:
+    """Hold-out uplift metrics, each arm judged on its own and the control's rows.
+
+    One arm: :func:`~models.metrics.uplift_report` as is. Several: the mean over arms under
+    the plain names, and each arm's under ``<metric>.<arm>``.
+    """
+    reports: dict[str, dict[str, float]] = {}
+    for arm in per_arm.columns:
+        rows = (arms == control) | (arms == arm)
+        reports[str(arm)] = uplift_report(y[rows], arms[rows] == arm, per_arm[arm].to_numpy()[rows])
+    if len(reports) == 1:
+        return next(iter(reports.values()))
+    out = {key: float(np.mean([r[key] for r in reports.values()])) for key in next(iter(reports.values()))}
+    for arm, report in reports.items():
+        out.update({f"{key}.{_METRIC_NAME_UNSAFE.sub('_', arm)}": v for key, v in report.items()})
+    return out
+
+
+def _per_arm(model: Any, X: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
+    """A fitted uplift model's uplift per arm; a one-arm model (no ``predict_arms``) serves all."""
+    if hasattr(model, "predict_arms"):
+        return model.predict_arms(X)[list(arms)]
+    uplift = model.predict(X)
+    return pd.DataFrame({arm: uplift for arm in arms}, index=X.index)
+
+
+def _uplift_baselines(model: Any, ours: dict[str, float], X_train: pd.DataFrame,
+                      y_train: np.ndarray, a_train: np.ndarray, X_hold: pd.DataFrame,
+                      y_hold: np.ndarray, a_hold: np.ndarray, control: str, random_state: int,
+                      n_threads: int | None) -> dict[str, dict[str, float]]:
+    """The simple uplift learners per arm on the same split: class transformation with
+    logistic regression, a T-learner of two default boosted models, and random targeting."""
+    makers: dict[str, Callable[[], Any]] = {
+        "logistic_ct": lambda: make_learner("ct_logistic"),
+        "hgb_t_learner": lambda: TwoModelUplift(
+            estimator=TableModel(random_state=random_state, n_threads=n_threads)),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for name, make in makers.items():
+        columns: dict[str, np.ndarray] = {}
+        for arm in model.arms_:
+            if name == "logistic_ct" and model.learners_[arm] == "ct_logistic":
+                columns[arm] = model.estimators_[arm].predict(X_hold)  # the same fit: reuse it
+                continue
+            rows = (a_train == control) | (a_train == arm)
+            columns[arm] = make().fit(X_train[rows], y_train[rows], a_train[rows] == arm).predict(X_hold)
+        out[name] = _uplift_scores(pd.DataFrame(columns, index=X_hold.index), y_hold, a_hold, control)
+    # Random targeting: its uplift at any k is the arm's overall effect (ate), its Qini AUC 0.
+    out["random"] = {}
+    for key, value in ours.items():
+        metric, dot, arm = key.partition(".")
+        if metric == "ate":
+            out["random"][f"uplift_at_30pct{dot}{arm}"] = value
+            out["random"][f"qini_auc{dot}{arm}"] = 0.0
+    return out
 
 
 def train_table(
@@ -242,9 +305,11 @@ def train_table(
 ) -> TableTrainingResult:
     """Fit on a stratified part of the table, evaluate on the rest, register and maybe promote.
 
-    With ``treatment`` and ``control``, every arm other than ``control`` counts as treated and
-    an :class:`~models.uplift.UpliftModel` is trained (kind ``"uplift"``, primary metric Qini
-    AUC); otherwise the better by ``cv_folds``-fold cross-validated ROC AUC on the training
+    With ``treatment`` and ``control``, an :class:`~models.uplift.UpliftModel` is trained
+    (kind ``"uplift"``, primary metric Qini AUC): each arm other than ``control`` against the
+    control on its own, its learner chosen by ``cv_folds``-fold CV Qini on the training rows,
+    reported beside the baselines (logistic class transformation, a boosted T-learner, random)
+    on the hold-out and promoted only if it reaches the best of them; otherwise the better by ``cv_folds``-fold cross-validated ROC AUC on the training
     rows of :class:`~models.tabular.TableModel` and :class:`~models.tabular.LogisticTableModel`
     (kind ``"table"``), reported beside the baselines (logistic regression, the prior) on the
     hold-out, and promoted only if it reaches the best of them. The
@@ -265,8 +330,8 @@ def train_table(
         log.info("tenant %s: left out identifier-like columns %s", tenant_id, identifiers)
     # Kept for the champion: it may use columns this challenger was told to drop.
     full = frame[frame[label].notna()].reset_index(drop=True)
-    t = _treated(full, treatment, control) if treatment and control is not None else None
-    strata = y.to_numpy() * 2 + (t if t is not None else 0)
+    arms = _arms(full, treatment, control) if treatment and control is not None else None
+    strata = (y.astype(str).to_numpy() + "|" + arms) if arms is not None else y.to_numpy()
     rows = np.arange(len(y))
     train_rows, hold_rows = train_test_split(
         rows, test_size=holdout_fraction, stratify=strata, random_state=random_state
@@ -279,7 +344,7 @@ def train_table(
     model: Any
     baselines: dict[str, float] = {}
     cv_scores: dict[str, float] = {}
-    if t is None:
+    if arms is None:
         kind, primary = TABLE_KIND, "roc_auc"
         # Candidates chosen by k-fold CV on the training rows only; the hold-out judges the
         # choice and the baselines alike and picks nothing.
@@ -309,29 +374,57 @@ def train_table(
         uplift_holdout = None
     else:
         kind, primary = UPLIFT_KIND, "qini_auc"
-        t_train, t_hold = t[train_rows], t[hold_rows]
-        model = UpliftModel(random_state=random_state, n_threads=n_threads).fit(
-            X_train, y_train, t_train
-        )
+        a_train, a_hold = arms[train_rows], arms[hold_rows]
+        control_arm = str(control).strip()
+        try:
+            model = UpliftModel(cv_folds=cv_folds, control=control_arm, random_state=random_state,
+                                n_threads=n_threads).fit(X_train, y_train, a_train)
+        except ValueError as e:
+            raise InvalidInputError("treatment", str(e)) from e
         fit_seconds = time.perf_counter() - started
-        u_hold = model.predict(X_hold)
-        metrics = uplift_report(y_hold, t_hold, u_hold)
-        metrics.update({f"validation_qini_{k}": v for k, v in model.validation_scores_.items()})
-        learner = f"UpliftModel[{model.learner_}]"
+        per_arm_hold = model.predict_arms(X_hold)
+        try:
+            metrics = _uplift_scores(per_arm_hold, y_hold, a_hold, control_arm)
+            uplift_baselines = _uplift_baselines(model, metrics, X_train, y_train, a_train, X_hold,
+                                                 y_hold, a_hold, control_arm, random_state,
+                                                 n_threads)
+        except ValueError as e:  # the top of the ranking is one group only: arms follow features
+            raise InvalidInputError(
+                "treatment", f"{e}; the arms look predictable from the features, so {treatment!r} "
+                "may not be a randomised assignment"
+            ) from e
+        for arm, scores in model.cv_scores_.items():
+            suffix = "" if len(model.arms_) == 1 else f".{_METRIC_NAME_UNSAFE.sub('_', arm)}"
+            metrics.update({f"cv_qini_auc_{name}{suffix}": v for name, v in scores.items()
+                            if not np.isnan(v)})
+        for name, report in uplift_baselines.items():
+            for key, v in report.items():
+                metric, dot, arm = key.partition(".")
+                if metric in ("qini_auc", "uplift_at_30pct"):
+                    metrics[f"baseline_{metric}_{name}{dot}{arm}"] = v
+        baselines = {name: report[primary] for name, report in uplift_baselines.items()}
+        cv_scores = {
+            (name if len(model.arms_) == 1 else f"{name}[{arm}]"): v
+            for arm, scores in model.cv_scores_.items() for name, v in scores.items()
+            if not np.isnan(v)
+        }
+        learner = "UpliftModel[" + ", ".join(
+            (chosen if len(model.arms_) == 1 else f"{arm}: {chosen}")
+            for arm, chosen in model.learners_.items()) + "]"
 
         def _holdout_score(candidate: Any) -> float:
-            return float(
-                uplift_report(y_hold, t_hold, candidate.predict(_columns_for(candidate, full_hold)))
-                ["qini_auc"]
-            )
+            per_arm = _per_arm(candidate, _columns_for(candidate, full_hold), model.arms_)
+            return float(_uplift_scores(per_arm, y_hold, a_hold, control_arm)[primary])
 
         plot_scores = None
-        uplift_holdout = (y_hold, t_hold, u_hold)
+        first = model.arms_[0]
+        rows = (a_hold == control_arm) | (a_hold == first)
+        uplift_holdout = (y_hold[rows], a_hold[rows] == first, per_arm_hold[first].to_numpy()[rows])
 
     def champion_score(champion: Any) -> float:
         try:
             return _holdout_score(champion)
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, AttributeError) as e:
             log.warning("tenant %s: champion cannot score this hold-out: %s", tenant_id, e)
             return float("nan")
 
@@ -403,6 +496,8 @@ def _columns_for(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _feature_names(model: Any) -> list[str]:
     inner = model
+    if hasattr(inner, "estimators_") and isinstance(inner.estimators_, dict):
+        inner = next(iter(inner.estimators_.values()))  # every arm's learner saw the same columns
     for attribute in ("estimator_", "treated_model_", "model_"):
         if hasattr(inner, "feature_names_in_"):
             break
@@ -415,7 +510,8 @@ def _feature_names(model: Any) -> list[str]:
 
 def score_table(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     """One row per input row: ``score`` (response probability; if pushed, for uplift models)
-    and, for uplift models, ``uplift``."""
+    and, for uplift models, ``uplift``; with several arms that is the best arm's, named in
+    ``best_arm``, beside ``uplift_<arm>`` per arm."""
     try:
         X = _columns_for(model, frame)
     except KeyError as e:
@@ -424,6 +520,12 @@ def score_table(model: Any, frame: pd.DataFrame) -> pd.DataFrame:
     if hasattr(model, "predict_response"):
         out["score"] = model.predict_response(X)
         out["uplift"] = model.predict(X)
+        arms = getattr(model, "arms_", [])
+        if len(arms) > 1:
+            per_arm = model.predict_arms(X)
+            out["best_arm"] = per_arm.idxmax(axis=1).to_numpy()
+            for arm in arms:
+                out[f"uplift_{arm}"] = per_arm[arm].to_numpy()
     else:
         out["score"] = model.predict_proba(X)[:, 1]
     return out

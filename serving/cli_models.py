@@ -65,6 +65,21 @@ def _echo_choice(roc_auc: float, learner: str, how: str, cv: dict[str, float],
         typer.echo(f"{'  baseline ' + name + ', same hold-out':<34} {value:.4f}", err=True)
 
 
+def _echo_uplift(metrics: dict[str, float], learner: str, how: str, cv: dict[str, float],
+                 baselines: dict[str, float]) -> None:
+    """The chosen uplift learners' held-out Qini AUC and uplift at 30%, the candidates' CV Qini
+    and the baselines' on the same hold-out, on stderr (several arms: the mean over arms)."""
+    typer.echo(f"{'':<40} {'qini_auc':>8} {'uplift@30%':>10}", err=True)
+    typer.echo(f"{'held-out, ours':<40} {metrics['qini_auc']:>8.4f} {metrics['uplift_at_30pct']:>10.4f}"
+               f"  {learner} (chosen by {how})", err=True)
+    for name, value in sorted(cv.items()):
+        typer.echo(f"{'  cv ' + name:<40} {value:>8.4f}", err=True)
+    for name in baselines:
+        typer.echo(f"{'  baseline ' + name + ', same hold-out':<40} "
+                   f"{metrics[f'baseline_qini_auc_{name}']:>8.4f} "
+                   f"{metrics[f'baseline_uplift_at_30pct_{name}']:>10.4f}", err=True)
+
+
 @app.command("train")
 def model_train(
     tenant: Annotated[str, typer.Option(help="Tenant id.")],
@@ -87,8 +102,8 @@ def model_train(
     """Train a tenant's model from a labelled table or from raw events, and register it.
 
     Prints one JSON line: tenant, kind, version, held-out metrics and whether it became champion;
-    from a table without --treatment also the candidates' cross-validated ROC AUC and the
-    baselines' on the same hold-out (a table of them on stderr).
+    from a table also the candidates' cross-validated score (ROC AUC; Qini AUC with
+    --treatment, per arm) and the baselines' on the same hold-out (a table of them on stderr).
     """
     if (table is None) == (events is None):
         fail("give exactly one of --table FILE or --events FILE")
@@ -107,9 +122,14 @@ def model_train(
         result = train_table(tenant, frame, label=label, registry=_registry(), positive=positive,
                              drop=drop or (), treatment=treatment, control=control,
                              random_state=seed, n_threads=threads, force=force, cv_folds=cv_folds)
-        if result.baselines:
-            _echo_choice(result.metrics["roc_auc"], result.learner, f"{cv_folds}-fold CV on the training rows",
+        how = f"{cv_folds}-fold CV on the training rows"
+        if result.baselines and treatment is not None:
+            _echo_uplift(result.metrics, result.learner,
+                         how.replace("CV", "CV Qini") + ", simplest within one standard error",
                          result.cv_scores, result.baselines)
+        elif result.baselines:
+            _echo_choice(result.metrics["roc_auc"], result.learner, how, result.cv_scores,
+                         result.baselines)
         typer.echo(json.dumps({
             "tenant": tenant, "kind": result.kind, "version": result.version.version,
             "metrics": _rounded(result.metrics), "champion": result.version.is_champion,

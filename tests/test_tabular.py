@@ -36,7 +36,17 @@ def _mixed_table(n_rows: int = 3000, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-@parametrize_with_checks([TableModel(n_threads=1, max_iter=30), LogisticTableModel()])
+def _known_deviations(estimator: object) -> dict[str, str]:
+    if isinstance(estimator, LogisticTableModel):
+        # The weights weigh the regression's loss only (what class-transformation uplift needs);
+        # the median, the scaling and the rare-category counts stay those of the rows as given.
+        return {"check_sample_weight_equivalence_on_dense_data":
+                "sample_weight weighs the regression, not the encoders"}
+    return {}
+
+
+@parametrize_with_checks([TableModel(n_threads=1, max_iter=30), LogisticTableModel()],
+                         expected_failed_checks=_known_deviations)
 def test_table_model_follows_the_scikit_learn_contract(estimator, check):
     check(estimator)
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
 from models.metrics import auuc, qini_auc, uplift_at, uplift_curve, uplift_report
 from models.tabular import TableModel
-from models.uplift import ClassTransformationUplift, TwoModelUplift, UpliftModel
+from models.uplift import (
+    LEARNERS,
+    ClassTransformationUplift,
+    TwoModelUplift,
+    UpliftModel,
+    cross_validated_qini,
+    make_learner,
+    one_standard_error_choice,
+)
+from pipeline.errors import InvalidInputError
 from pipeline.features import FEATURE_COLUMNS
 from pipeline.scenarios import randomised_campaign
+from pipeline.tabular import score_table, train_table
 
 
 def test_uplift_at_is_the_treated_minus_control_rate_of_the_top_share():
@@ -80,9 +91,12 @@ def test_uplift_model_beats_random_and_propensity_targeting_at_30_percent(campai
         "propensity": true_uplift[np.argsort(-p)[:top]].mean(),
         "random": true_uplift.mean(),
     }
-    print(f"uplift at 30%: measured {measured}, true {truth}, chose {model.learner_} "
-          f"{model.validation_scores_}")
-    assert set(model.validation_scores_) == {"two_model", "class_transformation"}
+    print(f"uplift at 30%: measured {measured}, true {truth}, chose {model.learners_} "
+          f"by CV Qini {model.cv_scores_}")
+    # 0/1 treatment: one arm, "1"; every candidate scored on the training rows' folds.
+    cv = model.cv_scores_["1"]
+    assert model.arms_ == ["1"] and set(cv) == set(LEARNERS)
+    assert model.learners_["1"] == one_standard_error_choice(model.cv_fold_scores_["1"])
     assert measured["uplift"] > measured["random"] and measured["uplift"] > measured["propensity"]
     assert truth["uplift"] > 2 * truth["random"]
     assert truth["uplift"] > truth["propensity"] + 0.02
@@ -92,8 +106,124 @@ def test_each_learner_ranks_persuadable_users_first(campaign):
     scenario, X, y, treatment, fit_rows, test_rows = campaign
     rows = fit_rows[:8000]
     true_uplift = scenario.truth["true_uplift"].to_numpy()[test_rows]
-    for learner in (TwoModelUplift(random_state=0, n_threads=1),
-                    ClassTransformationUplift(random_state=0, n_threads=1)):
+    learners = {"TwoModelUplift": TwoModelUplift(random_state=0, n_threads=1),
+                "ClassTransformationUplift": ClassTransformationUplift(random_state=0, n_threads=1),
+                **{name: make_learner(name, random_state=0, n_threads=1) for name in LEARNERS}}
+    for name, learner in learners.items():
         learner.fit(X.iloc[rows], y[rows], treatment[rows])
         ranked = np.argsort(-learner.predict(X.iloc[test_rows]))[: len(test_rows) // 5]
-        assert true_uplift[ranked].mean() > 2 * true_uplift.mean(), type(learner).__name__
+        assert true_uplift[ranked].mean() > 2 * true_uplift.mean(), name
+
+
+def _two_arm_log(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd.DataFrame]:
+    """A randomised log with two arms that move different users: arm "a" users with high
+    ``x``, arm "b" users of plan "pro"; each arm does nothing (or harm) to the others."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"x": rng.normal(size=n), "plan": rng.choice(["free", "plus", "pro"], n),
+                      "noise": rng.normal(size=n)})
+    arm = rng.choice(np.array(["control", "a", "b"], dtype=object), n)
+    effect = pd.DataFrame({"a": np.where(X["x"] > 0.5, 0.25, -0.03),
+                           "b": np.where(X["plan"] == "pro", 0.25, -0.03)})
+    p = 0.1 + np.select([arm == "a", arm == "b"], [effect["a"], effect["b"]], 0.0)
+    return X, (rng.random(n) < p).astype(int), arm, effect
+
+
+def test_each_arm_gets_its_own_model_and_users_their_best_arm():
+    X, y, arm, effect = _two_arm_log(12000, seed=4)
+    X_new, _, _, effect_new = _two_arm_log(4000, seed=5)
+
+    model = UpliftModel(control="control", random_state=0, n_threads=1).fit(X, y, arm)
+    per_arm = model.predict_arms(X_new)
+
+    assert model.arms_ == ["a", "b"] and set(model.learners_) == {"a", "b"}
+    assert all(set(scores) == set(LEARNERS) for scores in model.cv_scores_.values())
+    for name in ("a", "b"):
+        top = np.argsort(-per_arm[name].to_numpy())[: len(X_new) // 5]
+        # Pooled arms would mix both segments; each arm's own model finds its own users.
+        assert effect_new[name].to_numpy()[top].mean() > 0.2, name
+    best = model.best_arm(X_new)
+    one_helps = ((effect_new["a"] > 0) != (effect_new["b"] > 0)).to_numpy()
+    true_best = np.where(effect_new["a"] > 0, "a", "b")
+    print(f"best arm right for {(best == true_best)[one_helps].mean():.3f} of users one arm helps")
+    assert (best == true_best)[one_helps].mean() > 0.85
+    np.testing.assert_allclose(model.predict(X_new), per_arm.max(axis=1))
+    assert model.predict_response(X_new).shape == (len(X_new),)
+
+
+def test_cv_qini_scores_every_candidate_and_falls_back_when_it_cannot():
+    X, y, arm, _ = _two_arm_log(3000, seed=6)
+    rows = arm != "b"
+    treated = (arm[rows] == "a").astype(int)
+    candidates = {name: make_learner(name, random_state=0, n_threads=1) for name in LEARNERS}
+
+    scores = cross_validated_qini(candidates, X[rows], y[rows], treated, folds=3)
+    assert set(scores) == set(LEARNERS)
+    assert all(len(v) == 3 and not np.isnan(v).any() for v in scores.values())
+    assert max(np.mean(v) for v in scores.values()) > 0.01  # arm "a" moves a third by 25 points
+
+    # Four treated responders cannot fill five folds: nothing scored, the first learner used.
+    few = np.zeros(len(treated), dtype=int)
+    few[np.flatnonzero(treated == 1)[:4]] = 1
+    few[np.flatnonzero(treated == 0)[:40]] = 1
+    assert all(v == [] for v in cross_validated_qini(candidates, X[rows], few, treated).values())
+    model = UpliftModel(learners=("t_logistic", "ct_boost"), random_state=0).fit(
+        X[rows], few, treated)
+    assert model.learners_ == {"1": "t_logistic"}
+
+
+def test_one_standard_error_rule_keeps_the_simplest_within_the_noise():
+    # Best mean 0.012 with a standard error of 0.0014: 0.0107 is within it, 0.0100 is not.
+    best = [0.008, 0.010, 0.012, 0.014, 0.016]
+    assert one_standard_error_choice({"simple": [0.0107] * 5, "complex": best}) == "simple"
+    assert one_standard_error_choice({"simple": [0.0100] * 5, "complex": best}) == "complex"
+    assert one_standard_error_choice({"simple": [0.02, float("nan")], "complex": best}) == "complex"
+    assert one_standard_error_choice({"simple": [], "complex": []}) is None
+
+
+def test_uplift_model_refuses_a_log_without_its_control_or_treated_users():
+    X, y, arm, _ = _two_arm_log(600, seed=7)
+    with pytest.raises(ValueError, match="never occurs"):
+        UpliftModel(control="holdout").fit(X, y, arm)
+    with pytest.raises(ValueError, match="only the control"):
+        UpliftModel(control="control").fit(X, y, np.full(len(y), "control", dtype=object))
+    with pytest.raises(ValueError, match="unknown|drawn from"):
+        UpliftModel(learners=("x_learner",)).fit(X, y, arm)
+
+
+def test_train_table_models_arms_apart_prints_baselines_and_keeps_tenants_apart(
+    registry, new_tenant_id
+):
+    X, y, arm, _ = _two_arm_log(9000, seed=8)
+    log = X.assign(segment=arm, visit=np.where(y == 1, "yes", "no"))
+    tenant, other = new_tenant_id("mail"), new_tenant_id("mail")
+
+    result = train_table(tenant, log, label="visit", treatment="segment", control="control",
+                         registry=registry, cv_folds=3)
+
+    assert result.kind == "uplift" and "a: " in result.learner and "b: " in result.learner
+    assert set(result.baselines) == {"logistic_ct", "hgb_t_learner", "random"}
+    for metric in ("qini_auc", "uplift_at_30pct"):
+        for name in ("", ".a", ".b"):
+            assert f"{metric}{name}" in result.metrics
+            assert f"baseline_{metric}_random{name}" in result.metrics
+    assert result.metrics["baseline_uplift_at_30pct_random.a"] == result.metrics["ate.a"]
+    assert {f"{n}[{a}]" for n in LEARNERS for a in "ab"} == set(result.cv_scores)
+    # The gate: promoted exactly when the primary metric reaches the best baseline.
+    best_baseline = max(result.baselines.values())
+    assert result.version.is_champion == (result.metrics["qini_auc"] >= best_baseline)
+    assert result.metrics["uplift_at_30pct.a"] > 2 * result.metrics["ate.a"]
+
+    if not result.version.is_champion:
+        forced = train_table(tenant, log, label="visit", treatment="segment", control="control",
+                             registry=registry, cv_folds=3, force=True)
+        assert forced.version.is_champion
+    model, _ = registry.load_champion(tenant, "uplift")
+    scored = score_table(model, log.head(200))
+    assert list(scored.columns) == ["score", "uplift", "best_arm", "uplift_a", "uplift_b"]
+    assert set(scored["best_arm"]) <= {"a", "b"}
+    assert registry.champion_version(other, "uplift") is None
+
+    with pytest.raises(InvalidInputError, match="never occurs"):
+        train_table(other, log, label="visit", treatment="segment", control="holdout",
+                    registry=registry)
+    assert registry.champion_version(other, "uplift") is None
