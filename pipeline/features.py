@@ -14,6 +14,7 @@ __all__ = [
     "build_features",
     "build_labels",
     "best_send_hour",
+    "tenant_send_hour",
     "behaviour_features",
 ]
 
@@ -266,19 +267,11 @@ def build_labels(
     )
 
 
-def best_send_hour(
-    events: pd.DataFrame,
-    cutoff: pd.Timestamp,
-    timezones: pd.Series | None = None,
-    fallback_hour: int = 19,
-) -> pd.Series:
-    """Local hour (0-23) at which each user is most often active, from sessions and push opens.
-
-    Users with fewer than 5 such events get `fallback_hour`. Rows are the users with events at
-    or before the cutoff, then any others named in `timezones`. Without `timezones`, hours are UTC.
-    """
-    if not 0 <= fallback_hour <= 23:
-        raise InvalidInputError("fallback_hour", f"must be 0-23, got {fallback_hour}")
+def _activity_hours(
+    events: pd.DataFrame, cutoff: pd.Timestamp, timezones: pd.Series | None
+) -> tuple[_Past, np.ndarray, np.ndarray, np.ndarray]:
+    """Sessions and push opens at or before the cutoff (any event for a tenant without them):
+    the users, and per event its user code, local hour and weight (an open counts double)."""
     users = None
     if timezones is not None:
         seen = pd.Index(events["user_id"].unique())
@@ -286,17 +279,52 @@ def best_send_hour(
     past = _Past(events, cutoff, users)
     activity = np.isin(past.kind, ("session_start", "push_open"))
     if not activity.any():
-        activity = np.ones(len(past.kind), dtype=bool)  # a tenant without sessions: any event
+        activity = np.ones(len(past.kind), dtype=bool)
     # An open answers a push at that hour, so it counts double.
     weight = np.where(past.kind == "push_open", 2.0, 1.0)[activity]
-    hours = past.local_hours(timezones)[activity]
-    codes = past.codes[activity]
+    return past, past.codes[activity], past.local_hours(timezones)[activity], weight
+
+
+def _smoothed(histogram: np.ndarray) -> np.ndarray:
+    """Each hour plus half of each neighbour, around the clock."""
+    return histogram + 0.5 * (np.roll(histogram, 1, axis=-1) + np.roll(histogram, -1, axis=-1))
+
+
+def tenant_send_hour(
+    events: pd.DataFrame, cutoff: pd.Timestamp, timezones: pd.Series | None = None,
+    default: int = 19,
+) -> int:
+    """The local hour at which the tenant's users are most often active, all users pooled;
+    ``default`` when nothing happened before the cutoff."""
+    _, _, hours, weight = _activity_hours(events, cutoff, timezones)
+    if not len(hours):
+        return default
+    return int(_smoothed(np.bincount(hours, weights=weight, minlength=24)).argmax())
+
+
+def best_send_hour(
+    events: pd.DataFrame,
+    cutoff: pd.Timestamp,
+    timezones: pd.Series | None = None,
+    fallback_hour: int | None = 19,
+) -> pd.Series:
+    """Local hour (0-23) at which each user is most often active, from sessions and push opens.
+
+    Users with fewer than 5 such events get `fallback_hour`; None gives them the tenant's own
+    most common hour (:func:`tenant_send_hour`). Rows are the users with events at or before
+    the cutoff, then any others named in `timezones`. Without `timezones`, hours are UTC.
+    """
+    if fallback_hour is not None and not 0 <= fallback_hour <= 23:
+        raise InvalidInputError("fallback_hour", f"must be 0-23, got {fallback_hour}")
+    past, codes, hours, weight = _activity_hours(events, cutoff, timezones)
     histogram = np.bincount(codes * 24 + hours, weights=weight, minlength=past.n * 24).reshape(
         past.n, 24
     )
-    smoothed = histogram + 0.5 * (np.roll(histogram, 1, axis=1) + np.roll(histogram, -1, axis=1))
+    if fallback_hour is None:
+        pooled = histogram.sum(axis=0)
+        fallback_hour = int(_smoothed(pooled).argmax()) if pooled.any() else 19
     enough = np.bincount(codes, minlength=past.n) >= 5
-    best = np.where(enough, smoothed.argmax(axis=1), fallback_hour).astype(np.int64)
+    best = np.where(enough, _smoothed(histogram).argmax(axis=1), fallback_hour).astype(np.int64)
     return pd.Series(best, index=past.users, name="best_send_hour")
 
 

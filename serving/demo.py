@@ -71,7 +71,8 @@ def prepare_tenant(
     users = pd.Index(data.profiles["user_id"].astype(str), name="user_id")
     store_features(r, tenant_id, build_features(data.events, now, users=users)[list(FEATURE_COLUMNS)])
     timezones = data.profiles.set_index("user_id")["timezone"]
-    store_send_hours(r, tenant_id, best_send_hour(data.events, now, timezones=timezones))
+    store_send_hours(r, tenant_id, best_send_hour(data.events, now, timezones=timezones,
+                                                   fallback_hour=None))
     truth_bots = set(data.truth.loc[data.truth["is_bot"], "user_id"].astype(str))
     flagged = set(map(str, bots))
     return {

@@ -114,6 +114,16 @@ def test_uplift_train_prints_each_arm_the_baselines_and_scores_arms(cli, trained
     assert {"uplift", "best_arm", "uplift_Mens E-Mail", "uplift_Womens E-Mail"} <= set(scores.columns)
 
 
+def test_eval_send_time_prints_ours_beside_the_baselines(cli):
+    result = cli("model", "eval-send-time", "--users", "300", "--seed", "3")
+    line = _last_json(result)
+
+    assert line["eval"] == "send_time" and line["seeds"] == [3] and line["users"] == 300
+    assert line["hit_rate"]["ours (best_send_hour)"] > line["hit_rate"]["tenant's most common hour"]
+    assert "tenant's most common hour" in result.stderr and "within 1h" in result.stderr
+    assert cli("model", "eval-send-time", "--users", "10").returncode == 2
+
+
 @pytest.mark.slow
 def test_list_show_promote_and_score(cli, trained, tmp_path):
     table, _, _ = trained
