@@ -27,6 +27,7 @@ __all__ = [
     "categorical_columns",
     "choose_by_cv",
     "cross_validated_auc",
+    "one_standard_error_choice",
 ]
 
 
@@ -422,6 +423,7 @@ def cross_validated_auc(
     y: ArrayLike,
     folds: int = 5,
     random_state: int = 0,
+    oof: dict[str, NDArray[np.float64]] | None = None,
 ) -> dict[str, float]:
     """Mean ROC AUC of each candidate over stratified k-fold cross-validation of ``X, y``.
 
@@ -438,6 +440,9 @@ def cross_validated_auc(
     folds : int, default=5
     random_state : int, default=0
         Seed of the fold shuffle.
+    oof : dict or None, default=None
+        When given, filled with each scored candidate's out-of-fold probability of class 1
+        per row of ``X`` (what :func:`models.calibration.choose_calibration` fits on).
 
     Returns
     -------
@@ -456,11 +461,15 @@ def cross_validated_auc(
         return {name: float("nan") for name in candidates}
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=random_state)
     scores: dict[str, list[float]] = {name: [] for name in candidates}
+    held_out = {name: np.empty(len(labels), dtype=np.float64) for name in candidates}
     for fit_rows, test_rows in splitter.split(np.zeros(len(labels)), labels):
         for name, candidate in candidates.items():
             fitted = clone(candidate).fit(X.iloc[fit_rows], labels[fit_rows])
             p = fitted.predict_proba(X.iloc[test_rows])[:, 1]
+            held_out[name][test_rows] = p
             scores[name].append(float(roc_auc_score(labels[test_rows], p)))
+    if oof is not None:
+        oof.update(held_out)
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
@@ -470,11 +479,12 @@ def choose_by_cv(
     y: ArrayLike,
     folds: int = 5,
     random_state: int = 0,
+    oof: dict[str, NDArray[np.float64]] | None = None,
 ) -> tuple[str, BaseEstimator, dict[str, float]]:
     """The candidate with the best :func:`cross_validated_auc`, refitted on all of ``X, y``.
 
     When nothing can be cross-validated (a class with under two rows) the first candidate is
-    the default.
+    the default. ``oof`` is passed on to :func:`cross_validated_auc`.
 
     Returns
     -------
@@ -482,7 +492,26 @@ def choose_by_cv(
     """
     from sklearn.base import clone
 
-    scored = cross_validated_auc(candidates, X, y, folds=folds, random_state=random_state)
+    scored = cross_validated_auc(candidates, X, y, folds=folds, random_state=random_state, oof=oof)
     cv = {name: v for name, v in scored.items() if not np.isnan(v)}
     name = max(cv, key=cv.__getitem__) if cv else next(iter(candidates))
     return name, clone(candidates[name]).fit(X, np.asarray(y)), cv
+
+
+def one_standard_error_choice(fold_scores: dict[str, list[float]]) -> str | None:
+    """The first (simplest) candidate whose mean CV score (higher is better) is within one
+    standard error of the best mean (the one-standard-error rule, Hastie, Tibshirani and
+    Friedman, ESL 7.10).
+
+    When candidates differ by less than their fold-to-fold noise (uplift's Qini, a calibration
+    map's Brier score) the rule keeps the simpler one rather than the luckiest. ``fold_scores``
+    lists candidates simplest first; those with a NaN fold are out; None when none is left.
+    """
+    means = {name: float(np.mean(v)) for name, v in fold_scores.items()
+             if v and not np.isnan(v).any()}
+    if not means:
+        return None
+    best = max(means, key=means.__getitem__)
+    folds = np.asarray(fold_scores[best])
+    standard_error = float(folds.std(ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
+    return next(name for name in means if means[name] >= means[best] - standard_error)

@@ -12,7 +12,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
 from models.metrics import qini_auc
-from models.tabular import LogisticTableModel, TableModel
+from models.tabular import LogisticTableModel, TableModel, one_standard_error_choice
 
 __all__ = [
     "LEARNERS",
@@ -21,7 +21,6 @@ __all__ = [
     "UpliftModel",
     "make_learner",
     "cross_validated_qini",
-    "one_standard_error_choice",
 ]
 
 #: Candidate uplift learners, simplest first: class transformation and T-learner, each with the
@@ -274,24 +273,6 @@ def cross_validated_qini(
             except ValueError:
                 scores[name].append(float("nan"))
     return scores
-
-
-def one_standard_error_choice(fold_scores: dict[str, list[float]]) -> str | None:
-    """The first (simplest) candidate whose mean CV score is within one standard error of the
-    best mean (the one-standard-error rule, Hastie, Tibshirani and Friedman, ESL 7.10).
-
-    Uplift is a small difference of two rates, so candidates' CV Qini often differ by less
-    than their fold-to-fold noise; the rule then keeps the simpler learner rather than the
-    luckiest. Candidates with a NaN fold are out; None when none is left.
-    """
-    means = {name: float(np.mean(v)) for name, v in fold_scores.items()
-             if v and not np.isnan(v).any()}
-    if not means:
-        return None
-    best = max(means, key=means.__getitem__)
-    folds = np.asarray(fold_scores[best])
-    standard_error = float(folds.std(ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
-    return next(name for name in means if means[name] >= means[best] - standard_error)
 
 
 class UpliftModel(BaseEstimator):

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.model_selection import train_test_split
 
+from models.calibration import CalibratedModel, choose_calibration, fit_calibrator
 from models.metrics import propensity_report, uplift_report
 from models.registry import ModelRegistry, ModelVersionInfo
 from models.tabular import LogisticTableModel, TableModel, choose_by_cv
@@ -353,12 +355,24 @@ def train_table(
             "LogisticTableModel": LogisticTableModel(),
         }
         # Too few of a class to cross-validate: the booster (first), as before selection existed.
-        learner, model, cv_scores = choose_by_cv(candidates, X_train, y_train, folds=cv_folds,
-                                                 random_state=random_state)
+        oof: dict[str, np.ndarray] = {}
+        learner, chosen, cv_scores = choose_by_cv(candidates, X_train, y_train, folds=cv_folds,
+                                                  random_state=random_state, oof=oof)
+        # Probabilities mapped by Platt or isotonic calibration, or left as they are, by CV
+        # Brier score on the chosen learner's out-of-fold predictions.
+        calibration, calibration_cv = (
+            choose_calibration(oof[learner], y_train, folds=cv_folds, random_state=random_state)
+            if learner in oof else ("none", {}))
+        model = chosen if calibration == "none" else CalibratedModel(
+            chosen, calibration, fit_calibrator(calibration, oof[learner], y_train))
         fit_seconds = time.perf_counter() - started
         p_hold = model.predict_proba(X_hold)[:, 1]
         metrics = propensity_report(y_hold, p_hold)
-        logistic = model if learner == "LogisticTableModel" else LogisticTableModel().fit(X_train, y_train)
+        metrics["brier_uncalibrated"] = float(np.mean((chosen.predict_proba(X_hold)[:, 1] - y_hold) ** 2))
+        metrics.update({f"cv_brier_{name}": v for name, v in calibration_cv.items()})
+        logistic = chosen if learner == "LogisticTableModel" else LogisticTableModel().fit(X_train, y_train)
+        if calibration != "none":
+            learner = f"{learner}+{calibration}"
         baselines = {
             "logistic": float(propensity_report(y_hold, logistic.predict_proba(X_hold)[:, 1])["roc_auc"]),
             "prior": 0.5,  # one score for every row: ranks nobody
@@ -436,7 +450,8 @@ def train_table(
         metrics=metrics,
         params={
             "estimator": learner,
-            **({k: v for k, v in model.get_params().items() if k != "n_threads"}),
+            **({k: v for k, v in getattr(model, "estimator_", model).get_params().items()
+                if k != "n_threads" and not isinstance(v, BaseEstimator)}),
             "label": label,
             "positive": positive if positive is not None else "(inferred)",
             "dropped": ",".join(drop) or "(none)",

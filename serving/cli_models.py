@@ -56,13 +56,16 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _echo_choice(roc_auc: float, learner: str, how: str, cv: dict[str, float],
-                 baselines: dict[str, float]) -> None:
+                 baselines: dict[str, float], calibration: dict[str, float] | None = None) -> None:
     """The chosen learner's held-out ROC AUC, the candidates' CV and the baselines, on stderr."""
     typer.echo(f"{'held-out roc_auc':<34} {roc_auc:.4f}  {learner} (chosen by {how})", err=True)
     for name, value in sorted(cv.items()):
         typer.echo(f"{'  cv ' + name:<34} {value:.4f}", err=True)
     for name, value in baselines.items():
         typer.echo(f"{'  baseline ' + name + ', same hold-out':<34} {value:.4f}", err=True)
+    if calibration:
+        typer.echo(f"{'calibration, CV Brier':<34} " + ", ".join(
+            f"{name} {value:.5f}" for name, value in calibration.items()), err=True)
 
 
 def _echo_uplift(metrics: dict[str, float], learner: str, how: str, cv: dict[str, float],
@@ -129,7 +132,8 @@ def model_train(
                          result.cv_scores, result.baselines)
         elif result.baselines:
             _echo_choice(result.metrics["roc_auc"], result.learner, how, result.cv_scores,
-                         result.baselines)
+                         result.baselines, {k.removeprefix("cv_brier_"): v for k, v in
+                                            result.metrics.items() if k.startswith("cv_brier_")})
         typer.echo(json.dumps({
             "tenant": tenant, "kind": result.kind, "version": result.version.version,
             "metrics": _rounded(result.metrics), "champion": result.version.is_champion,

@@ -74,6 +74,7 @@ def test_train_prints_metrics_and_a_worse_challenger_is_registered_but_not_promo
     assert first_line["learner"] == max(first_line["cv"], key=first_line["cv"].__getitem__)
     assert first_line["metrics"]["roc_auc"] >= first_line["baselines"]["logistic"]
     assert "baseline logistic, same hold-out" in first.stderr
+    assert "calibration, CV Brier" in first.stderr and "cv_brier_isotonic" in first_line["metrics"]
     assert worse_line["version"] == 2 and worse_line["champion"] is False
     assert worse_line["metrics"]["roc_auc"] < first_line["metrics"]["roc_auc"]
 

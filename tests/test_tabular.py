@@ -122,6 +122,9 @@ def test_bank_marketing_matches_published_auc_and_a_worse_challenger_stays_out(
         assert result.learner == max(result.cv_scores, key=result.cv_scores.__getitem__)
         assert result.baselines["prior"] == 0.5
         assert result.metrics["roc_auc"] >= result.baselines["logistic"] > 0.75
+        # The calibration map was chosen by CV Brier on the learner's out-of-fold scores.
+        assert {"cv_brier_none", "cv_brier_platt", "cv_brier_isotonic"} <= set(result.metrics)
+        assert result.metrics["brier"] <= result.metrics["brier_uncalibrated"] + 0.002
     print(f"baselines: logistic {full.baselines['logistic']:.4f} / without duration "
           f"{no_duration.baselines['logistic']:.4f}; cv {full.cv_scores}")
     assert full.fit_seconds < 60 and no_duration.fit_seconds < 60

@@ -8,7 +8,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from models.metrics import auuc, qini_auc, uplift_at, uplift_curve, uplift_report
-from models.tabular import TableModel
+from models.tabular import TableModel, one_standard_error_choice
 from models.uplift import (
     LEARNERS,
     ClassTransformationUplift,
@@ -16,7 +16,6 @@ from models.uplift import (
     UpliftModel,
     cross_validated_qini,
     make_learner,
-    one_standard_error_choice,
 )
 from pipeline.errors import InvalidInputError
 from pipeline.features import FEATURE_COLUMNS
