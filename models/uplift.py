@@ -24,8 +24,9 @@ __all__ = [
 ]
 
 #: Candidate uplift learners, simplest first: class transformation and T-learner, each with the
-#: regularised logistic regression and with boosting, so the strong simple learners compete.
-LEARNERS: tuple[str, ...] = ("ct_logistic", "t_logistic", "ct_boost", "t_boost")
+#: regularised logistic regression and with boosting, so the strong simple learners compete;
+#: last the T-learner of two default boosted models, the baseline ``model train`` prints.
+LEARNERS: tuple[str, ...] = ("ct_logistic", "t_logistic", "ct_boost", "t_boost", "t_hgb")
 
 
 def _default_learner(random_state: Any, n_threads: int | None) -> TableModel:
@@ -224,13 +225,19 @@ def make_learner(name: str, random_state: int | None = None,
 
     ``ct_*`` are :class:`ClassTransformationUplift`, ``t_*`` are :class:`TwoModelUplift`;
     ``*_logistic`` use :class:`~models.tabular.LogisticTableModel`, ``*_boost`` the boosted
-    :class:`~models.tabular.TableModel` with the larger leaves uplift needs.
+    :class:`~models.tabular.TableModel` with the larger leaves uplift needs, ``t_hgb`` the
+    same booster with its default settings.
     """
     if name not in LEARNERS:
         raise ValueError(f"unknown uplift learner {name!r}; choose from {LEARNERS}")
     family, base = name.split("_", 1)
-    estimator = (LogisticTableModel() if base == "logistic"
-                 else _default_learner(random_state, n_threads))
+    estimator: Any
+    if base == "logistic":
+        estimator = LogisticTableModel()
+    elif base == "hgb":
+        estimator = TableModel(random_state=random_state, n_threads=n_threads)
+    else:
+        estimator = _default_learner(random_state, n_threads)
     if family == "ct":
         return ClassTransformationUplift(estimator=estimator)
     return TwoModelUplift(estimator=estimator)

@@ -26,7 +26,7 @@ from models.calibration import CalibratedModel, choose_calibration, fit_calibrat
 from models.metrics import propensity_report, uplift_report
 from models.registry import ModelRegistry, ModelVersionInfo
 from models.tabular import LogisticTableModel, TableModel, choose_by_cv
-from models.uplift import TwoModelUplift, UpliftModel, make_learner
+from models.uplift import UpliftModel, make_learner
 from pipeline.errors import InvalidInputError
 
 __all__ = [
@@ -266,14 +266,14 @@ def _uplift_baselines(model: Any, ours: dict[str, float], X_train: pd.DataFrame,
     logistic regression, a T-learner of two default boosted models, and random targeting."""
     makers: dict[str, Callable[[], Any]] = {
         "logistic_ct": lambda: make_learner("ct_logistic"),
-        "hgb_t_learner": lambda: TwoModelUplift(
-            estimator=TableModel(random_state=random_state, n_threads=n_threads)),
+        "hgb_t_learner": lambda: make_learner("t_hgb", random_state, n_threads),
     }
+    reused = {"logistic_ct": "ct_logistic", "hgb_t_learner": "t_hgb"}
     out: dict[str, dict[str, float]] = {}
     for name, make in makers.items():
         columns: dict[str, np.ndarray] = {}
         for arm in model.arms_:
-            if name == "logistic_ct" and model.learners_[arm] == "ct_logistic":
+            if model.learners_[arm] == reused[name]:
                 columns[arm] = model.estimators_[arm].predict(X_hold)  # the same fit: reuse it
                 continue
             rows = (a_train == control) | (a_train == arm)
