@@ -171,7 +171,9 @@ def test_the_reported_lift_on_a_scenario_with_known_truth_is_within_its_interval
 
     # The world answers: each user converts with the truth's probability for the arm they got.
     arms = redis_client.hgetall(keys.campaign_arms(tenant_id, "spring", "r1"))
-    truth = scenario.truth.set_index("user_id").loc[list(arms)]
+    # Sorted: a Redis hash's order follows the server's per-start hash seed, and the draws
+    # below must not depend on it.
+    truth = scenario.truth.set_index("user_id").loc[sorted(arms)]
     is_treated = np.array([arms[u] == "a" for u in truth.index])
     p = np.where(is_treated, truth["p_treated"], truth["p_control"])
     converted = truth.index[np.random.default_rng(1).random(len(truth)) < p]
