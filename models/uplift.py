@@ -269,13 +269,13 @@ def cross_validated_qini(
     if folds < 2 or np.bincount(strata, minlength=4).min() < folds:
         return scores
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
-    for fit_rows, held_rows in splitter.split(np.zeros(len(y_arr)), strata):
+    for fit_rows, _ in splitter.split(np.zeros(len(y_arr)), strata):
         fit_mask = np.zeros(len(y_arr), dtype=bool)
         fit_mask[fit_rows] = True
         for name, candidate in candidates.items():
             try:
                 fitted = clone(candidate).fit(_rows(X, fit_mask), y_arr[fit_mask], t_bool[fit_mask])
-                scores[name].append(qini_auc(y_arr[held_rows], t_bool[held_rows],
+                scores[name].append(qini_auc(y_arr[~fit_mask], t_bool[~fit_mask],
                                              fitted.predict(_rows(X, ~fit_mask))))
             except ValueError:
                 scores[name].append(float("nan"))
@@ -336,6 +336,24 @@ class UpliftModel(BaseEstimator):
         self.control = control
         self.random_state = random_state
         self.n_threads = n_threads
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Load a model pickled before arms were modelled apart (one ``estimator_`` for 0/1
+        treatment) as the one-arm model it is, so old champions still score and compare."""
+        if "estimator_" in state and "estimators_" not in state:
+            state = dict(state)
+            estimator = state.pop("estimator_")
+            response = state.pop("response_model_", None)
+            learner = state.pop("learner_", type(estimator).__name__)
+            state.pop("validation_scores_", None)
+            state.pop("validation_fraction", None)
+            state.setdefault("cv_folds", 5)
+            state.setdefault("control", 0)
+            state.update(arms_=["1"], learners_={"1": learner}, estimators_={"1": estimator},
+                         response_models_={"1": response if response is not None
+                                           else getattr(estimator, "treated_model_", None)},
+                         cv_scores_={"1": {}}, cv_fold_scores_={"1": {}})
+        super().__setstate__(state)
 
     def _arm_mask(self, treatment: NDArray[Any]) -> tuple[NDArray[np.bool_], NDArray[Any]]:
         labels = np.asarray(treatment).ravel()

@@ -212,8 +212,21 @@ def prepare_table(
 
 
 def _arms(frame: pd.DataFrame, treatment: str, control: str) -> np.ndarray:
-    """Each row's arm, as stripped text; the control value must occur, and another arm too."""
-    arms = frame[treatment].astype("str").str.strip()
+    """Each row's arm, as stripped text; the control value must occur, and another arm too.
+
+    Every row needs an arm. Whole numbers stored as floats (a 0/1 column read with gaps
+    elsewhere) read as integers, so ``--control 0`` finds ``0.0``.
+    """
+    raw = frame[treatment]
+    missing = int(raw.isna().sum())
+    if missing:
+        raise InvalidInputError(
+            "treatment", f"{missing} row(s) have no value in {treatment!r}; an uplift log needs "
+            "every user's arm (drop those rows or name their arm)"
+        )
+    if pd.api.types.is_float_dtype(raw) and bool((raw == raw.round()).all()):
+        raw = raw.astype("int64")
+    arms = raw.astype("str").str.strip()
     distinct = sorted(arms.unique().tolist())
     if str(control).strip() not in distinct:
         raise InvalidInputError(
@@ -225,10 +238,24 @@ def _arms(frame: pd.DataFrame, treatment: str, control: str) -> np.ndarray:
             "treatment", f"{treatment!r} holds only the control arm {control!r}; an uplift model "
             "needs a randomised log with treated users too"
         )
+    by_name: dict[str, list[str]] = {}
+    for arm in distinct:
+        by_name.setdefault(_metric_arm(arm), []).append(arm)
+    clashes = [group for group in by_name.values() if len(group) > 1]
+    if clashes:
+        raise InvalidInputError(
+            "treatment", f"arms {clashes[0]} would share one metric name; rename them apart"
+        )
     return arms.to_numpy(dtype=object)
 
 
-_METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+# MLflow metric names allow letters, digits, "_-. :/", but read "/" and "." as path parts;
+# an arm's part of a name keeps the rest.
+_METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\- :]")
+
+
+def _metric_arm(arm: str) -> str:
+    return _METRIC_NAME_UNSAFE.sub("_", arm)
 
 
 def _uplift_scores(per_arm: pd.DataFrame, y: np.ndarray, arms: np.ndarray,
@@ -246,7 +273,7 @@ def _uplift_scores(per_arm: pd.DataFrame, y: np.ndarray, arms: np.ndarray,
         return next(iter(reports.values()))
     out = {key: float(np.mean([r[key] for r in reports.values()])) for key in next(iter(reports.values()))}
     for arm, report in reports.items():
-        out.update({f"{key}.{_METRIC_NAME_UNSAFE.sub('_', arm)}": v for key, v in report.items()})
+        out.update({f"{key}.{_metric_arm(arm)}": v for key, v in report.items()})
     return out
 
 
@@ -408,7 +435,7 @@ def train_table(
                 "may not be a randomised assignment"
             ) from e
         for arm, scores in model.cv_scores_.items():
-            suffix = "" if len(model.arms_) == 1 else f".{_METRIC_NAME_UNSAFE.sub('_', arm)}"
+            suffix = "" if len(model.arms_) == 1 else f".{_metric_arm(arm)}"
             metrics.update({f"cv_qini_auc_{name}{suffix}": v for name, v in scores.items()
                             if not np.isnan(v)})
         for name, report in uplift_baselines.items():

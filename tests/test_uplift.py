@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,6 +181,25 @@ def test_one_standard_error_rule_keeps_the_simplest_within_the_noise():
     assert one_standard_error_choice({"simple": [], "complex": []}) is None
 
 
+def test_a_champion_pickled_before_arms_were_apart_still_scores():
+    X, y, arm, _ = _two_arm_log(2000, seed=10)
+    rows = arm != "b"
+    treated = (arm[rows] == "a").astype(int)
+    estimator = ClassTransformationUplift(random_state=0, n_threads=1).fit(X[rows], y[rows], treated)
+    response = TableModel(random_state=0, n_threads=1).fit(X[rows][treated == 1], y[rows][treated == 1])
+    old_state = {"learners": ("two_model", "class_transformation"), "validation_fraction": 0.3,
+                 "random_state": 0, "n_threads": 1, "learner_": "class_transformation",
+                 "validation_scores_": {}, "estimator_": estimator, "response_model_": response}
+    old = UpliftModel.__new__(UpliftModel)
+    old.__setstate__(old_state)
+
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.arms_ == ["1"] and loaded.learners_ == {"1": "class_transformation"}
+    np.testing.assert_allclose(loaded.predict(X.head(50)), estimator.predict(X.head(50)))
+    scored = score_table(loaded, X.head(50))
+    np.testing.assert_allclose(scored["score"], response.predict_proba(X.head(50))[:, 1])
+
+
 def test_uplift_model_refuses_a_log_without_its_control_or_treated_users():
     X, y, arm, _ = _two_arm_log(600, seed=7)
     with pytest.raises(ValueError, match="never occurs"):
@@ -226,3 +247,44 @@ def test_train_table_models_arms_apart_prints_baselines_and_keeps_tenants_apart(
         train_table(other, log, label="visit", treatment="segment", control="holdout",
                     registry=registry)
     assert registry.champion_version(other, "uplift") is None
+
+    # Another tenant's one-arm campaign, promoted by force, leaves the first tenant's
+    # two-arm champion as it was.
+    mine = registry.champion_version(tenant, "uplift")
+    my_versions = len(registry.list_versions(tenant, "uplift"))
+    theirs = train_table(other, log[log["segment"] != "b"], label="visit", treatment="segment",
+                         control="control", registry=registry, cv_folds=3, force=True)
+    assert theirs.version.is_champion and theirs.version.tenant_id == other
+    assert registry.champion_version(tenant, "uplift") == mine
+    assert len(registry.list_versions(tenant, "uplift")) == my_versions
+    model, _ = registry.load_champion(tenant, "uplift")
+    assert model.arms_ == ["a", "b"]
+    their_model, _ = registry.load_champion(other, "uplift")
+    assert their_model.arms_ == ["a"]
+
+
+def test_train_table_refuses_arms_it_cannot_tell_apart_and_reads_float_arms(
+    registry, new_tenant_id
+):
+    X, y, arm, _ = _two_arm_log(3000, seed=11)
+    log = X.assign(segment=arm, visit=y)
+    tenant = new_tenant_id("mail")
+
+    gaps = log.assign(segment=log["segment"].where(np.arange(len(log)) % 50 != 0))
+    with pytest.raises(InvalidInputError, match="no value"):
+        train_table(tenant, gaps, label="visit", treatment="segment", control="control",
+                    registry=registry, cv_folds=3)
+    clash = log.assign(segment=log["segment"].replace({"a": "mail/a", "b": "mail.a"}))
+    with pytest.raises(InvalidInputError, match="share one metric name"):
+        train_table(tenant, clash, label="visit", treatment="segment", control="control",
+                    registry=registry, cv_folds=3)
+    assert registry.champion_version(tenant, "uplift") is None
+
+    # A 0/1 column that pandas read as floats: ``--control 0`` still names its control.
+    one_arm = log[log["segment"] != "b"]
+    floats = one_arm.assign(segment=(one_arm["segment"] == "a").astype(float))
+    result = train_table(tenant, floats, label="visit", treatment="segment", control="0",
+                         registry=registry, cv_folds=3, force=True)
+    assert result.version.is_champion
+    model, _ = registry.load_champion(tenant, "uplift")
+    assert model.arms_ == ["1"]
