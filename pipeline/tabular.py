@@ -76,6 +76,7 @@ class TableTrainingResult:
     fit_seconds: float = 0.0
     baselines: dict[str, float] = field(default_factory=dict)  # primary metric, same hold-out
     cv_scores: dict[str, float] = field(default_factory=dict)  # candidates, training rows only
+    calibration: str = "none"  # none, platt or isotonic, by CV Brier (tables' propensity only)
 
 
 def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
@@ -373,6 +374,7 @@ def train_table(
     model: Any
     baselines: dict[str, float] = {}
     cv_scores: dict[str, float] = {}
+    calibration = "none"
     if arms is None:
         kind, primary = TABLE_KIND, "roc_auc"
         # Candidates chosen by k-fold CV on the training rows only; the hold-out judges the
@@ -398,8 +400,6 @@ def train_table(
         metrics["brier_uncalibrated"] = float(np.mean((chosen.predict_proba(X_hold)[:, 1] - y_hold) ** 2))
         metrics.update({f"cv_brier_{name}": v for name, v in calibration_cv.items()})
         logistic = chosen if learner == "LogisticTableModel" else LogisticTableModel().fit(X_train, y_train)
-        if calibration != "none":
-            learner = f"{learner}+{calibration}"
         baselines = {
             "logistic": float(propensity_report(y_hold, logistic.predict_proba(X_hold)[:, 1])["roc_auc"]),
             "prior": 0.5,  # one score for every row: ranks nobody
@@ -477,6 +477,7 @@ def train_table(
         metrics=metrics,
         params={
             "estimator": learner,
+            "calibration": calibration,
             **({k: v for k, v in getattr(model, "estimator_", model).get_params().items()
                 if k != "n_threads" and not isinstance(v, BaseEstimator)}),
             "label": label,
@@ -511,6 +512,7 @@ def train_table(
         fit_seconds=fit_seconds,
         baselines=baselines,
         cv_scores=cv_scores,
+        calibration=calibration,
     )
 
 

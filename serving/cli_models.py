@@ -56,7 +56,8 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _echo_choice(roc_auc: float, learner: str, how: str, cv: dict[str, float],
-                 baselines: dict[str, float], calibration: dict[str, float] | None = None) -> None:
+                 baselines: dict[str, float], calibration: dict[str, float] | None = None,
+                 calibrated: str = "none") -> None:
     """The chosen learner's held-out ROC AUC, the candidates' CV and the baselines, on stderr."""
     typer.echo(f"{'held-out roc_auc':<34} {roc_auc:.4f}  {learner} (chosen by {how})", err=True)
     for name, value in sorted(cv.items()):
@@ -65,7 +66,8 @@ def _echo_choice(roc_auc: float, learner: str, how: str, cv: dict[str, float],
         typer.echo(f"{'  baseline ' + name + ', same hold-out':<34} {value:.4f}", err=True)
     if calibration:
         typer.echo(f"{'calibration, CV Brier':<34} " + ", ".join(
-            f"{name} {value:.5f}" for name, value in calibration.items()), err=True)
+            f"{name} {value:.5f}" for name, value in calibration.items())
+            + f"  (kept: {calibrated})", err=True)
 
 
 def _echo_uplift(metrics: dict[str, float], learner: str, how: str, cv: dict[str, float],
@@ -133,11 +135,13 @@ def model_train(
         elif result.baselines:
             _echo_choice(result.metrics["roc_auc"], result.learner, how, result.cv_scores,
                          result.baselines, {k.removeprefix("cv_brier_"): v for k, v in
-                                            result.metrics.items() if k.startswith("cv_brier_")})
+                                            result.metrics.items() if k.startswith("cv_brier_")},
+                         result.calibration)
         typer.echo(json.dumps({
             "tenant": tenant, "kind": result.kind, "version": result.version.version,
             "metrics": _rounded(result.metrics), "champion": result.version.is_champion,
-            "learner": result.learner, "n_train": result.n_train, "n_holdout": result.n_holdout,
+            "learner": result.learner, "calibration": result.calibration,
+            "n_train": result.n_train, "n_holdout": result.n_holdout,
             "dropped": list(drop or ()), "identifier_columns": result.dropped_identifiers,
             "fit_seconds": round(result.fit_seconds, 2),
             "seconds": round(time.perf_counter() - started, 2),

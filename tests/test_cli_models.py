@@ -75,6 +75,8 @@ def test_train_prints_metrics_and_a_worse_challenger_is_registered_but_not_promo
     assert first_line["metrics"]["roc_auc"] >= first_line["baselines"]["logistic"]
     assert "baseline logistic, same hold-out" in first.stderr
     assert "calibration, CV Brier" in first.stderr and "cv_brier_isotonic" in first_line["metrics"]
+    assert f"(kept: {first_line['calibration']})" in first.stderr
+    assert first_line["calibration"] in {"none", "platt", "isotonic"}
     assert worse_line["version"] == 2 and worse_line["champion"] is False
     assert worse_line["metrics"]["roc_auc"] < first_line["metrics"]["roc_auc"]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from models.metrics import roc_auc
@@ -125,6 +126,10 @@ def test_bank_marketing_matches_published_auc_and_a_worse_challenger_stays_out(
         # The calibration map was chosen by CV Brier on the learner's out-of-fold scores.
         assert {"cv_brier_none", "cv_brier_platt", "cv_brier_isotonic"} <= set(result.metrics)
         assert result.metrics["brier"] <= result.metrics["brier_uncalibrated"] + 0.002
+        assert result.calibration in {"none", "platt", "isotonic"}
+        run = MlflowClient(tracking_uri=registry.tracking_uri).get_run(result.version.run_id)
+        assert run.data.params["calibration"] == result.calibration
+        assert run.data.params["estimator"] == result.learner
     print(f"baselines: logistic {full.baselines['logistic']:.4f} / without duration "
           f"{no_duration.baselines['logistic']:.4f}; cv {full.cv_scores}")
     assert full.fit_seconds < 60 and no_duration.fit_seconds < 60
