@@ -255,6 +255,20 @@ class TableModel(_TakesTables, ClassifierMixin, BaseEstimator):
             self, X, reset=False, ensure_all_finite="allow-nan"
         )
 
+    def encoded(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
+        """The rows as the booster sees them: numbers as floats, categories as their codes
+        (the columns :attr:`is_categorical_` marks).
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_rows, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_rows, n_features)
+        """
+        return self._features(X)
+
     def predict(self, X: ArrayLike | pd.DataFrame) -> NDArray[Any]:
         """Most likely class per row.
 
@@ -400,6 +414,12 @@ class LogisticTableModel(_TakesTables, ClassifierMixin, BaseEstimator):
             return self._prepared(X)
         values = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
         return self._prepared(pd.DataFrame(values))
+
+    def encoded(self, X: ArrayLike | pd.DataFrame) -> Any:
+        """The rows as the regression sees them: imputed and scaled numbers, one-hot
+        categories (a sparse matrix)."""
+        frame = self._frame(X)  # checks it is fitted before pipeline_ is touched
+        return self.pipeline_[0].transform(frame)
 
     def predict(self, X: ArrayLike | pd.DataFrame) -> NDArray[Any]:
         """Most likely class per row."""

@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, clone
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import Ridge
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
 
+from models._threads import openmp_threads
 from models.metrics import qini_auc
 from models.tabular import LogisticTableModel, TableModel, one_standard_error_choice
 
@@ -18,6 +21,7 @@ __all__ = [
     "LEARNERS",
     "TwoModelUplift",
     "ClassTransformationUplift",
+    "XLearnerUplift",
     "UpliftModel",
     "make_learner",
     "cross_validated_qini",
@@ -25,8 +29,11 @@ __all__ = [
 
 #: Candidate uplift learners, simplest first: class transformation and T-learner, each with the
 #: regularised logistic regression and with boosting, so the strong simple learners compete;
-#: last the T-learner of two default boosted models, the baseline ``model train`` prints.
-LEARNERS: tuple[str, ...] = ("ct_logistic", "t_logistic", "ct_boost", "t_boost", "t_hgb")
+#: then the T-learner of two default boosted models, the baseline ``model train`` prints; last
+#: the X-learner, which models the imputed effects themselves, with each base learner.
+LEARNERS: tuple[str, ...] = (
+    "ct_logistic", "t_logistic", "ct_boost", "t_boost", "t_hgb", "x_logistic", "x_boost",
+)
 
 
 def _default_learner(random_state: Any, n_threads: int | None) -> TableModel:
@@ -219,11 +226,104 @@ class ClassTransformationUplift(BaseEstimator):
         return 2.0 * self.model_.predict_proba(X)[:, 1] - 1.0  # type: ignore[no-any-return]
 
 
+class XLearnerUplift(TwoModelUplift):
+    """X-learner uplift (Kuenzel, Sekhon, Bickel and Yu, 2019): a T-learner whose imputed
+    effects are then modelled directly.
+
+    Each treated user's effect is imputed as their outcome minus the control model's
+    prediction, each control user's as the treated model's prediction minus their outcome; a
+    regression of each set of effects on the features gives two estimates of uplift, which are
+    blended by the treated share ``g`` of the log as ``g * tau_control + (1 - g) * tau_treated``.
+    When one group is much smaller, its response model is the noisier one and the blend leans
+    on the effects imputed from the larger group. The regressions see the features as the
+    treated response model encodes them: ridge regression for
+    :class:`~models.tabular.LogisticTableModel`, a boosted regression otherwise.
+
+    Parameters
+    ----------
+    estimator : classifier or None, default=None
+        Response model of each group, a :class:`~models.tabular.TableModel` or
+        :class:`~models.tabular.LogisticTableModel`; None uses a TableModel tuned for uplift.
+    random_state : int or None, default=None
+        Seed of the default estimator and the boosted regressions.
+    n_threads : int or None, default=None
+        OpenMP threads of the boosted models.
+
+    Attributes
+    ----------
+    treated_model_, control_model_ : classifier
+        The response models, as in :class:`TwoModelUplift`.
+    treated_effect_model_, control_effect_model_ : regressor
+        Regressions of the effects imputed for the treated and the control users.
+    treated_share_ : float
+        Share of treated users in the log, the blend's weight on the control users' effects.
+    """
+
+    def fit(self, X: ArrayLike | pd.DataFrame, y: ArrayLike, treatment: ArrayLike) -> XLearnerUplift:
+        """Fit the response models, then the regressions of the imputed effects.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_users, n_features)
+        y : array-like of shape (n_users,)
+            1 for a response, 0 otherwise.
+        treatment : array-like of shape (n_users,)
+            1 for users who got the push, 0 for the randomised control group.
+
+        Returns
+        -------
+        self : XLearnerUplift
+        """
+        super().fit(X, y, treatment)
+        _, y_arr, t_bool = _check_log(X, y, treatment)
+        X_t, X_c = _rows(X, t_bool), _rows(X, ~t_bool)
+        effect_t = y_arr[t_bool] - self.control_model_.predict_proba(X_t)[:, 1]
+        effect_c = self.treated_model_.predict_proba(X_c)[:, 1] - y_arr[~t_bool]
+        self.treated_share_ = float(t_bool.mean())
+        with openmp_threads(self.n_threads):
+            self.treated_effect_model_ = self._regressor().fit(self.treated_model_.encoded(X_t), effect_t)
+            self.control_effect_model_ = self._regressor().fit(self.treated_model_.encoded(X_c), effect_c)
+        return self
+
+    def _regressor(self) -> Any:
+        if isinstance(self.treated_model_, LogisticTableModel):
+            return Ridge(alpha=1.0)
+        categorical = getattr(self.treated_model_, "is_categorical_", None)
+        base = self.estimator or _default_learner(self.random_state, self.n_threads)
+        return HistGradientBoostingRegressor(
+            learning_rate=getattr(base, "learning_rate", 0.05),
+            max_leaf_nodes=getattr(base, "max_leaf_nodes", 15),
+            min_samples_leaf=getattr(base, "min_samples_leaf", 50),
+            categorical_features=categorical if categorical is not None and categorical.any() else None,
+            random_state=self.random_state,
+        )
+
+    def predict(self, X: ArrayLike | pd.DataFrame) -> NDArray[np.float64]:
+        """Uplift, the treated-share blend of the two effect regressions.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_users, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_users,)
+        """
+        check_is_fitted(self)
+        features = self.treated_model_.encoded(X)
+        g = self.treated_share_
+        with openmp_threads(self.n_threads):
+            blend = (g * self.control_effect_model_.predict(features)
+                     + (1.0 - g) * self.treated_effect_model_.predict(features))
+        return np.clip(blend, -1.0, 1.0)
+
+
 def make_learner(name: str, random_state: int | None = None,
                  n_threads: int | None = None) -> TwoModelUplift | ClassTransformationUplift:
     """A fresh uplift learner by its name in :data:`LEARNERS`.
 
-    ``ct_*`` are :class:`ClassTransformationUplift`, ``t_*`` are :class:`TwoModelUplift`;
+    ``ct_*`` are :class:`ClassTransformationUplift`, ``t_*`` are :class:`TwoModelUplift`,
+    ``x_*`` are :class:`XLearnerUplift`;
     ``*_logistic`` use :class:`~models.tabular.LogisticTableModel`, ``*_boost`` the boosted
     :class:`~models.tabular.TableModel` with the larger leaves uplift needs, ``t_hgb`` the
     same booster with its default settings.
@@ -240,6 +340,8 @@ def make_learner(name: str, random_state: int | None = None,
         estimator = _default_learner(random_state, n_threads)
     if family == "ct":
         return ClassTransformationUplift(estimator=estimator)
+    if family == "x":
+        return XLearnerUplift(estimator=estimator, random_state=random_state, n_threads=n_threads)
     return TwoModelUplift(estimator=estimator)
 
 

@@ -16,6 +16,7 @@ from models.uplift import (
     ClassTransformationUplift,
     TwoModelUplift,
     UpliftModel,
+    XLearnerUplift,
     cross_validated_qini,
     make_learner,
 )
@@ -114,6 +115,36 @@ def test_each_learner_ranks_persuadable_users_first(campaign):
         learner.fit(X.iloc[rows], y[rows], treatment[rows])
         ranked = np.argsort(-learner.predict(X.iloc[test_rows]))[: len(test_rows) // 5]
         assert true_uplift[ranked].mean() > 2 * true_uplift.mean(), name
+
+
+@pytest.mark.parametrize("name", ["x_logistic", "x_boost"])
+def test_x_learner_finds_the_persuadable_in_a_log_with_few_treated(name):
+    rng = np.random.default_rng(12)
+    n = 12000
+    X = pd.DataFrame({"x": rng.normal(size=n), "plan": rng.choice(["free", "plus", "pro"], n),
+                      "noise": rng.normal(size=n)})
+    true_uplift = np.where(X["x"] > 0.5, 0.25, -0.02)
+    treated = (rng.random(n) < 0.12).astype(int)
+    y = (rng.random(n) < 0.1 + 0.1 * (X["plan"] == "pro") + treated * true_uplift).astype(int)
+
+    model = make_learner(name, random_state=0, n_threads=1).fit(X[:9000], y[:9000], treated[:9000])
+
+    assert isinstance(model, XLearnerUplift)
+    assert model.treated_share_ == pytest.approx(treated[:9000].mean())
+    uplift = model.predict(X[9000:])
+    # Few treated: the blend leans on the effects imputed for them against the control model.
+    features = model.treated_model_.encoded(X[9000:])
+    g = model.treated_share_
+    np.testing.assert_allclose(uplift, np.clip(
+        g * model.control_effect_model_.predict(features)
+        + (1 - g) * model.treated_effect_model_.predict(features), -1, 1))
+    # The persuadable are 31% of users, so a right ranking's top fifth is all of them; each
+    # effect regression on its own must rank them first too, whatever weight the blend gives it.
+    for estimate in (uplift, model.control_effect_model_.predict(features),
+                     model.treated_effect_model_.predict(features)):
+        top = np.argsort(-estimate)[: len(estimate) // 5]
+        assert true_uplift[9000:][top].mean() > 0.2
+    assert uplift.min() >= -1 and uplift.max() <= 1
 
 
 def _two_arm_log(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd.DataFrame]:
