@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.uplift import LEARNERS
+
 PUSHPILOT = Path(sys.executable).with_name("pushpilot")
 
 
@@ -125,6 +127,26 @@ def test_eval_send_time_prints_ours_beside_the_baselines(cli):
     assert line["hit_rate"]["ours (best_send_hour)"] > line["hit_rate"]["tenant's most common hour"]
     assert "tenant's most common hour" in result.stderr and "within 1h" in result.stderr
     assert cli("model", "eval-send-time", "--users", "10").returncode == 2
+
+
+def test_eval_uplift_scores_ours_each_candidate_and_the_baselines_on_the_truth(cli):
+    result = cli("model", "eval-uplift", "--users", "2500", "--seed", "3", "--treated-share", "0.5",
+                 "--cv-folds", "3")
+    line = _last_json(result)
+
+    gains = line["true_uplift_top"]
+    assert line["eval"] == "uplift" and line["seeds"] == [3] and line["treated_shares"] == [0.5]
+    assert {"baseline logistic_ct", "baseline hgb_t_learner", "baseline propensity",
+            "baseline random", "ours (UpliftModel, CV Qini)", *LEARNERS} == set(gains)
+    assert gains["baseline logistic_ct"] == gains["ct_logistic"]
+    assert line["chosen"][0] in LEARNERS
+    # Ours is the candidate it chose, refitted the same way, and it finds the persuadable.
+    assert gains["ours (UpliftModel, CV Qini)"] == gains[line["chosen"][0]]
+    assert gains["ours (UpliftModel, CV Qini)"] > 1.5 * gains["baseline random"]
+    assert "baseline propensity" in result.stderr and "ours chose" in result.stderr
+
+    refused = cli("model", "eval-uplift", "--users", "2500", "--treated-share", "1.5")
+    assert refused.returncode == 2 and "treated_share" in refused.stderr
 
 
 @pytest.mark.slow
