@@ -18,6 +18,7 @@ from models.metrics import qini_auc
 from models.tabular import LogisticTableModel, TableModel, one_standard_error_choice
 
 __all__ = [
+    "BASELINE_LEARNERS",
     "LEARNERS",
     "TwoModelUplift",
     "ClassTransformationUplift",
@@ -34,6 +35,10 @@ __all__ = [
 LEARNERS: tuple[str, ...] = (
     "ct_logistic", "t_logistic", "ct_boost", "t_boost", "t_hgb", "x_logistic", "x_boost",
 )
+
+#: The simple uplift baselines ``model train --treatment`` prints beside ours, by the candidate
+#: learner each one is (so a baseline is never a model of its own kind).
+BASELINE_LEARNERS: dict[str, str] = {"logistic_ct": "ct_logistic", "hgb_t_learner": "t_hgb"}
 
 
 def _default_learner(random_state: Any, n_threads: int | None) -> TableModel:

@@ -26,7 +26,7 @@ from models.calibration import CalibratedModel, choose_calibration, fit_calibrat
 from models.metrics import propensity_report, uplift_report
 from models.registry import ModelRegistry, ModelVersionInfo
 from models.tabular import LogisticTableModel, TableModel, choose_by_cv
-from models.uplift import UpliftModel, make_learner
+from models.uplift import BASELINE_LEARNERS, UpliftModel, make_learner
 from pipeline.errors import InvalidInputError
 
 __all__ = [
@@ -292,20 +292,16 @@ def _uplift_baselines(model: Any, ours: dict[str, float], X_train: pd.DataFrame,
                       n_threads: int | None) -> dict[str, dict[str, float]]:
     """The simple uplift learners per arm on the same split: class transformation with
     logistic regression, a T-learner of two default boosted models, and random targeting."""
-    makers: dict[str, Callable[[], Any]] = {
-        "logistic_ct": lambda: make_learner("ct_logistic"),
-        "hgb_t_learner": lambda: make_learner("t_hgb", random_state, n_threads),
-    }
-    reused = {"logistic_ct": "ct_logistic", "hgb_t_learner": "t_hgb"}
     out: dict[str, dict[str, float]] = {}
-    for name, make in makers.items():
+    for name, learner in BASELINE_LEARNERS.items():
         columns: dict[str, np.ndarray] = {}
         for arm in model.arms_:
-            if model.learners_[arm] == reused[name]:
+            if model.learners_[arm] == learner:
                 columns[arm] = model.estimators_[arm].predict(X_hold)  # the same fit: reuse it
                 continue
             rows = (a_train == control) | (a_train == arm)
-            columns[arm] = make().fit(X_train[rows], y_train[rows], a_train[rows] == arm).predict(X_hold)
+            columns[arm] = make_learner(learner, random_state, n_threads).fit(
+                X_train[rows], y_train[rows], a_train[rows] == arm).predict(X_hold)
         out[name] = _uplift_scores(pd.DataFrame(columns, index=X_hold.index), y_hold, a_hold, control)
     # Random targeting: its uplift at any k is the arm's overall effect (ate), its Qini AUC 0.
     out["random"] = {}

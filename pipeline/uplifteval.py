@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from models.tabular import TableModel
-from models.uplift import LEARNERS, UpliftModel, make_learner
+from models.uplift import BASELINE_LEARNERS, LEARNERS, UpliftModel, make_learner
 from pipeline.errors import InvalidInputError
 from pipeline.features import FEATURE_COLUMNS
 from pipeline.scenarios import randomised_campaign
@@ -24,13 +24,9 @@ from pipeline.scenarios import randomised_campaign
 __all__ = ["UpliftEval", "evaluate_uplift", "OURS", "BASELINES"]
 
 OURS = "ours (UpliftModel, CV Qini)"
-#: Baselines, as ``model train --treatment`` names them, with what they are here.
-BASELINES: dict[str, str] = {
-    "logistic_ct": "ct_logistic",  # the same learner as the candidate of that name
-    "hgb_t_learner": "t_hgb",
-    "propensity": "TableModel on the outcome, ignoring the arm",
-    "random": "the log's average true uplift",
-}
+#: Baselines: ``model train --treatment``'s (each the candidate learner of that name), a
+#: propensity model of the outcome that ignores the arm, and random targeting.
+BASELINES: tuple[str, ...] = (*BASELINE_LEARNERS, "propensity", "random")
 
 
 @dataclass(frozen=True)
@@ -40,8 +36,12 @@ class UpliftEval:
     treated_shares: list[float]
     top: float
     true_uplift: dict[str, float]  # mean true uplift of each method's top share, over the logs
-    chosen: list[str]  # the learner ours chose, per log
     per_log: list[dict[str, float | str]] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> list[str]:
+        """The learner ours chose, per log."""
+        return [str(row["chosen"]) for row in self.per_log]
 
 
 def evaluate_uplift(
@@ -73,7 +73,6 @@ def evaluate_uplift(
         raise InvalidInputError("top", f"must be in (0, 1), got {top}")
     names = [OURS, *LEARNERS, *(f"baseline {b}" for b in BASELINES)]
     scores: dict[str, list[float]] = {name: [] for name in names}
-    chosen: list[str] = []
     per_log: list[dict[str, float | str]] = []
     logs = [(int(seed), float(share)) for seed in seeds for share in treated_shares]
     for seed, share in tqdm(logs, unit="log", desc="uplift",
@@ -98,17 +97,15 @@ def evaluate_uplift(
         for name in LEARNERS:
             learner = make_learner(name, random_state=0, n_threads=n_threads).fit(X_fit, y_fit, t_fit)
             row[name] = gain(learner.predict(X_test))
-        row["baseline logistic_ct"] = row[BASELINES["logistic_ct"]]
-        row["baseline hgb_t_learner"] = row[BASELINES["hgb_t_learner"]]
+        row.update({f"baseline {name}": row[learner] for name, learner in BASELINE_LEARNERS.items()})
         propensity = TableModel(random_state=0, n_threads=n_threads).fit(X_fit, y_fit)
         row["baseline propensity"] = gain(propensity.predict_proba(X_test)[:, 1])
         row["baseline random"] = float(truth.mean())
         for name in names:
             scores[name].append(float(row[name]))
-        chosen.append(ours.learners_["1"])
         per_log.append(row)
     return UpliftEval(
         users=users, seeds=[int(s) for s in seeds], treated_shares=[float(s) for s in treated_shares],
         top=top, true_uplift={name: float(np.mean(v)) for name, v in scores.items()},
-        chosen=chosen, per_log=per_log,
+        per_log=per_log,
     )
