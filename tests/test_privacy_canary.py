@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 import redis
 
+from models.registry import ModelRegistry
 from pipeline import keys, outbox, tenants
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
@@ -24,7 +26,7 @@ from pipeline.privacy import (
     recent_audits,
     save_policy,
 )
-from pipeline.redis_server import EmbeddedRedis
+from pipeline.redis_server import EmbeddedRedis, connect
 from pipeline.targeting import select_top_k
 from serving.demo import prepare_tenant
 
@@ -109,10 +111,29 @@ def _file_corpus(root: Path) -> list[tuple[str, bytes]]:
     return [(str(p), p.read_bytes()) for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
+@pytest.fixture
+def own_stores(tmp_path: Path) -> Iterator[tuple[Settings, EmbeddedRedis, redis.Redis, ModelRegistry]]:
+    """A Valkey and an MLflow store of this test's own.
+
+    The canaries are fresh random values, so no other test's data can hold them; searching only
+    what this run wrote is the same check, without reading everything the session wrote before.
+    """
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.data_dir.mkdir()
+    with EmbeddedRedis(settings.data_dir) as server:
+        client = connect(server.url)
+        try:
+            yield settings, server, client, ModelRegistry(
+                settings.mlflow_tracking_uri, Path(settings.mlflow_artifact_root))
+        finally:
+            client.close()
+
+
 def test_canaries_reach_no_redis_key_model_mlflow_store_or_log(
-    settings: Settings, redis_server: EmbeddedRedis, redis_client: redis.Redis, registry, new_tenant_id,
+    own_stores: tuple[Settings, EmbeddedRedis, redis.Redis, ModelRegistry], new_tenant_id,
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    settings, redis_server, redis_client, registry = own_stores
     caplog.set_level(logging.DEBUG)
     tenant, other = new_tenant_id("canary"), new_tenant_id("canary-b")
     tenants.create_tenant(redis_client, tenant)
