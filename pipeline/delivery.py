@@ -52,6 +52,8 @@ _MAX_BACKOFF_MS = 3_600_000
 _CHUNK = 200
 # Entries a pass takes from a tenant at most, whatever its plan's delivery_weight.
 _MAX_READ = 4000
+# Policies that stop a marketing push whatever its channel, by the rule its trail names.
+_BLOCKING_RULES = {"x": "quarantine", "n": "consent"}
 # How long a pass that found only a few pushes waits before the next (see run).
 _LINGER_SECONDS = 0.002
 
@@ -96,7 +98,7 @@ end
 # Delivers a chunk of one outbox stream's inbox pushes; atomic, so atomic per push too.
 # KEYS: counts, outbox, inbox channel, then per push: status, inbox, user frequency
 # ARGV: now, retention, inbox max len, is_acking ('1'/'0'), then per push: entry id, user, push,
-#       message, policy ('' none; 'x' quarantined by the guard;
+#       message, policy ('' none; 'x' quarantined by the guard; 'n' marketing consent taken back;
 #       'q' quiet hours now;
 #       'c|<day field>|<week field>|<cap per day>|<cap per week>' frequency caps)
 # Returns how many entries it handled.
@@ -113,6 +115,8 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
     local rule = false
     if policy == 'x' then
       rule = 'quarantine'
+    elseif policy == 'n' then
+      rule = 'consent'
     elseif policy == 'q' then
       rule = 'quiet_hours'
     elseif policy ~= '' then
@@ -216,6 +220,19 @@ redis.call('XDEL', KEYS[3], ARGV[1])
 return 1
 """)
 
+# A channel's marketing push a rule stops (quarantine, consent): record why and acknowledge it.
+# KEYS: status, counts, outbox; ARGV: entry id, now, retention, rule
+_SUPPRESS = StatusScript("""
+local record = load_record(KEYS[1])
+if not (has_status(record, 'delivered') or has_status(record, 'suppressed')) then
+  mark(KEYS[1], KEYS[2], 'suppressed', ARGV[2], cjson.encode({rule = ARGV[4]}))
+  retain(KEYS[1], ARGV[3])
+end
+redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
+redis.call('XDEL', KEYS[3], ARGV[1])
+return 1
+""")
+
 # An entry whose push reached its end already (an earlier attempt died before acking).
 # KEYS: outbox; ARGV: entry id
 _ACK_ONLY = StatusScript("""
@@ -234,7 +251,8 @@ return 1
 # pending, for the worker. Scripts are not rolled back on an error, so every step that could
 # fail on a damaged key is a pcall whose entry then goes to the worker (which logs why), and
 # each lane's bookkeeping is finished before the next lane is read.
-# KEYS: bucket, transactional outbox, marketing outbox, counts, inbox channel, quarantine
+# KEYS: bucket, transactional outbox, marketing outbox, counts, inbox channel, quarantine,
+#       users who took back marketing consent
 # ARGV: group, consumer, batch, rate, burst, now, retention, inbox max len, is_acking ('1'/'0'),
 #       is_marketing_direct ('1'/'0'), inbox key prefix, status key prefix
 # Returns {transactional entries, marketing entries, ms until a token if throttled with backlog,
@@ -279,6 +297,7 @@ for i = 1, 2 do
       local delivered, suppressed, announced = 0, 0, {}
       -- Most tenants quarantine nobody: one look spares a lookup per push.
       local has_quarantine = i == 2 and redis.call('EXISTS', KEYS[6]) == 1
+      local has_refusals = i == 2 and redis.call('EXISTS', KEYS[7]) == 1
       n = n + #entries
       for _, e in ipairs(entries) do
         -- outbox.enqueue writes these fields in this order; anything else goes to the worker.
@@ -295,12 +314,20 @@ for i = 1, 2 do
           elseif is_final(record) then
             is_done = true  -- delivered or suppressed before (an id enqueued again): drop it
           else
-            local quarantined = has_quarantine and redis.pcall('HEXISTS', KEYS[6], user)
-            if failed(quarantined) then
-              errors[#errors + 1] = quarantined.err
-            elseif quarantined == 1 then
+            local rule, looked = false, false
+            if has_quarantine then
+              looked = redis.pcall('HEXISTS', KEYS[6], user)
+              if looked == 1 then rule = 'quarantine' end
+            end
+            if not rule and not failed(looked) and has_refusals then
+              looked = redis.pcall('HEXISTS', KEYS[7], user)
+              if looked == 1 then rule = 'consent' end
+            end
+            if failed(looked) then
+              errors[#errors + 1] = looked.err
+            elseif rule then
               append_status(redis.pcall, status_key, record,
-                'suppressed|' .. now .. '|{"rule":"quarantine"}', retention)
+                'suppressed|' .. now .. '|{"rule":"' .. rule .. '"}', retention)
               suppressed = suppressed + 1
               is_done = true
             else
@@ -515,7 +542,7 @@ class DeliveryWorker:
             script_keys = [keys.rate_bucket(tenant_id),
                            *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES),
                            keys.status_counts(tenant_id), keys.inbox_channel(tenant_id),
-                           keys.quarantine(tenant_id)]
+                           keys.quarantine(tenant_id), keys.consent_denied(tenant_id, "marketing")]
             # A weighty tenant's share comes in scripts of at most _CHUNK entries each, so no
             # one script holds the server for long (the noisy neighbour's latency).
             for start in range(0, budget, _CHUNK):
@@ -626,6 +653,7 @@ class DeliveryWorker:
         by_channel: dict[tuple[str, str], list[_Work]] = {}
         for (tenant_id, lane, stream), group in itertools.groupby(work, key=lambda w: w[:3]):
             inbox: list[_Entry] = []
+            sendable: list[_Work] = []
             for item in group:
                 entry = item[3]
                 if entry[0] in self._in_flight:
@@ -638,7 +666,16 @@ class DeliveryWorker:
                 elif channel == "inbox":
                     inbox.append(entry)
                 else:
-                    by_channel.setdefault((tenant_id, channel), []).append(item)
+                    sendable.append(item)
+            # Quarantine and consent stop a channel's marketing push too (time rules are the
+            # inbox's: a tenant's endpoint keeps its own hours).
+            channel_rules = self._policies(tenant_id, lane, [w[3] for w in sendable], now)
+            for item, rule in zip(sendable, channel_rules, strict=True):
+                if rule in _BLOCKING_RULES:
+                    calls.append(self._suppress_call(tenant_id, stream, item[3], _BLOCKING_RULES[rule], now))
+                    sizes.append(1)
+                else:
+                    by_channel.setdefault((tenant_id, item[3][1].get("channel", "")), []).append(item)
             policies = self._policies(tenant_id, lane, inbox, now)
             for start in range(0, len(inbox), _CHUNK):
                 chunk = inbox[start : start + _CHUNK]
@@ -682,6 +719,13 @@ class DeliveryWorker:
                 handled += 1
         return handled
 
+    def _suppress_call(self, tenant_id: str, stream: str, entry: _Entry, rule: str,
+                       now: float) -> ScriptCall:
+        entry_id, fields = entry
+        return (_SUPPRESS, [keys.push_status(tenant_id, fields["push_id"]),
+                            keys.status_counts(tenant_id), stream],
+                [entry_id, repr(now), self.retention_seconds, rule])
+
     def _inbox_call(
         self, tenant_id: str, stream: str, entries: Sequence[_Entry], policies: Sequence[str],
         now: float,
@@ -704,22 +748,25 @@ class DeliveryWorker:
         if lane != "marketing" or not entries:
             return [""] * len(entries)
         users = sorted({fields["user_id"] for _, fields in entries})
-        # The guard's quarantine wins over everything: a quarantined user gets no marketing.
-        quarantined = {
-            user for user, reason in zip(
-                users, self.r.hmget(keys.quarantine(tenant_id), users), strict=True
-            ) if reason is not None
-        }
+        # The guard's quarantine wins over everything: a quarantined user gets no marketing;
+        # nor does one who took back marketing consent, whatever the plan.
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(keys.quarantine(tenant_id), users)
+        pipe.hmget(keys.consent_denied(tenant_id, "marketing"), users)
+        held, refused = pipe.execute()
+        blocked = {user: "x" if q is not None else "n"
+                   for user, q, c in zip(users, held, refused, strict=True)
+                   if q is not None or c is not None}
         plan = self.plan(tenant_id)
         if plan is None or not plan.has_marketing_rules:
-            return ["x" if fields["user_id"] in quarantined else "" for _, fields in entries]
+            return [blocked.get(fields["user_id"], "") for _, fields in entries]
         profiles = self.r.hmget(keys.user_profiles(tenant_id), users)
         zones = {user: self._zone(raw) for user, raw in zip(users, profiles, strict=True)}
         policies = []
         for _, fields in entries:
             local = datetime.fromtimestamp(now, zones[fields["user_id"]])
-            if fields["user_id"] in quarantined:
-                policies.append("x")
+            if fields["user_id"] in blocked:
+                policies.append(blocked[fields["user_id"]])
             elif _is_quiet(plan, local.hour):
                 policies.append("q")
             elif plan.marketing_per_user_per_day or plan.marketing_per_user_per_week:

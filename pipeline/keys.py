@@ -36,6 +36,8 @@ __all__ = [
     "user_history",
     "user_profiles",
     "quarantine",
+    "consent_ledger",
+    "consent_denied",
     "privacy_policy",
     "privacy_audit",
     "traffic_counts",
@@ -173,6 +175,17 @@ def user_profiles(tenant_id: str) -> str:
 def quarantine(tenant_id: str) -> str:
     """Hash: user id -> reason, the users the guard keeps out of training and targeting."""
     return f"{_tenant(tenant_id)}:quarantine"
+
+
+def consent_ledger(tenant_id: str, user_id: str) -> str:
+    """Stream: the user's consent changes, append-only (purpose, status, source, policy version)."""
+    return f"{_tenant(tenant_id)}:consent:{_part('user_id', user_id)}"
+
+
+def consent_denied(tenant_id: str, purpose: str) -> str:
+    """Hash: user id -> JSON of the change that took away the purpose (``pipeline.consent``
+    keeps it in step with the ledgers; delivery and training read it)."""
+    return f"{_tenant(tenant_id)}:consent-denied:{_part('purpose', purpose)}"
 
 
 def inbox_cursor(tenant_id: str, user_id: str) -> str:
