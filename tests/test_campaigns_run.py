@@ -17,6 +17,7 @@ from pipeline.campaigns import parse_spec, save_campaign
 from pipeline.campaigns.report import run_report
 from pipeline.campaigns.runner import RunConfig, run_campaign
 from pipeline.config import Settings
+from pipeline.consent import record_consent
 from pipeline.features import FEATURE_COLUMNS, build_features
 from pipeline.featurestore import store_features, store_profiles
 from pipeline.generator import generate_tenant
@@ -97,6 +98,31 @@ def test_a_run_selects_scores_holds_out_and_sends_each_user_once(
     report = run_report(redis_client, tenant_id, "spring", "r1", converted=[])
     assert report["sent"] == c["sent"] and report["held_out"] == c["held_out"]
     assert set(report["lift"]["variants"]) == {"a", "b"}
+
+
+def test_users_who_took_back_marketing_or_profiling_are_neither_scored_nor_picked(
+    redis_client: redis.Redis, registry: ModelRegistry, config: RunConfig,
+    new_tenant_id: Callable[[str], str],
+) -> None:
+    tenant_id = new_tenant_id("camp-consent")
+    prepare(redis_client, registry, tenant_id)
+    record_consent(redis_client, tenant_id, "u000003", {"marketing": "revoked"}, source="test",
+                   policy_version="v1")
+    record_consent(redis_client, tenant_id, "u000004", {"profiling": "denied"}, source="test",
+                   policy_version="v1")
+    quarantine_users(redis_client, tenant_id, ["u000001"], reason="test")
+    spec = parse_spec(spec_text(tenant_id, selection="{top_k: 2000}"))
+    save_campaign(redis_client, spec)
+
+    result = run_campaign(redis_client, config, spec, "r1", now=NOW)
+
+    c = result.counts
+    assert c["suppressed"] == {"quarantined": 1, "consent": 2}
+    assert c["eligible"] == c["selected"] == 1997
+    sent = outbox_users(redis_client, tenant_id, "spring")
+    assert not {"u000001", "u000003", "u000004"} & set(sent)
+    arms = redis_client.hgetall(keys.campaign_arms(tenant_id, "spring", "r1"))
+    assert not {"u000003", "u000004"} & set(arms)
 
 
 def test_a_crashed_run_rerun_sends_every_selected_user_exactly_once(

@@ -32,6 +32,7 @@ from models.registry import ModelRegistry
 from pipeline import keys, outbox
 from pipeline.campaigns.assignment import HOLDOUT, assign_arms
 from pipeline.campaigns.spec import CampaignSpec, Filter, template_fields
+from pipeline.consent import denied_users
 from pipeline.errors import InvalidInputError, NoModelError
 from pipeline.features import FEATURE_COLUMNS
 from pipeline.featurestore import load_feature_matrix
@@ -165,7 +166,8 @@ def _privacy_gate(features: np.ndarray) -> np.ndarray:
 
 
 def _score_partition(config: RunConfig, spec_json: str, index: int, user_ids: np.ndarray,
-                     version: int, quarantined: frozenset[str]) -> dict[str, Any]:
+                     version: int, quarantined: frozenset[str],
+                     refused: frozenset[str] = frozenset()) -> dict[str, Any]:
     spec = CampaignSpec.model_validate_json(spec_json)
     seconds: dict[str, float] = {}
     r = connect(config.redis_url)
@@ -185,7 +187,11 @@ def _score_partition(config: RunConfig, spec_json: str, index: int, user_ids: np
         t = time.perf_counter()
         is_quarantined = (np.isin(user_ids, np.array(sorted(quarantined), dtype=user_ids.dtype))
                           if quarantined else np.zeros(len(ids), dtype=bool))
-        eligible = in_audience & ~is_quarantined
+        # Consent: a user who took back profiling is never scored, one who took back
+        # marketing is not picked for a marketing campaign (``pipeline.consent``).
+        is_refused = (np.isin(user_ids, np.array(sorted(refused), dtype=user_ids.dtype))
+                      & ~is_quarantined if refused else np.zeros(len(ids), dtype=bool))
+        eligible = in_audience & ~is_quarantined & ~is_refused
         seconds["guard"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -206,6 +212,7 @@ def _score_partition(config: RunConfig, spec_json: str, index: int, user_ids: np
         "scores": scores.astype(np.float32),
         "audience": int(in_audience.sum()),
         "quarantined": int((in_audience & is_quarantined).sum()),
+        "consent": int((in_audience & is_refused).sum()),
         "seconds": seconds,
         "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
     }
@@ -449,16 +456,18 @@ def _execute(r: redis.Redis, config: RunConfig, spec: CampaignSpec, run_id: str,
             "audience", f"tenant {tenant_id!r} has no users with online features; store them "
             "(pipeline.featurestore.store_features) before running a campaign")
     quarantined = frozenset(quarantined_users(r, tenant_id))
+    refused = frozenset(denied_users(r, tenant_id, "profiling")
+                        | (denied_users(r, tenant_id, "marketing") if spec.lane == "marketing" else set()))
     n_parts = max(1, math.ceil(len(user_ids) / config.partition_size))
     bounds = np.linspace(0, len(user_ids), n_parts + 1).astype(int)
     spec_json = spec.to_json()
-    quarantined_ref = ray.put(quarantined)
+    quarantined_ref, refused_ref = ray.put(quarantined), ray.put(refused)
     phase["audience"] = time.perf_counter() - t
 
     t = time.perf_counter()
     pending = [
         _score_task.remote(config, spec_json, i, user_ids[bounds[i]:bounds[i + 1]], version,
-                           quarantined_ref)
+                           quarantined_ref, refused_ref)
         for i in range(n_parts)
     ]
     scored: list[dict[str, Any]] = []
@@ -510,11 +519,14 @@ def _execute(r: redis.Redis, config: RunConfig, spec: CampaignSpec, run_id: str,
     quarantined_count = sum(p["quarantined"] for p in scored)
     if quarantined_count:
         suppressed["quarantined"] = quarantined_count
+    refused_count = sum(p.get("consent", 0) for p in scored)
+    if refused_count:
+        suppressed["consent"] = refused_count
     audience = sum(p["audience"] for p in scored)
     counts = {
         "users": len(user_ids),
         "audience": audience,
-        "eligible": audience - quarantined_count,
+        "eligible": audience - quarantined_count - refused_count,
         "scored": len(scores),
         "suppressed": dict(sorted(suppressed.items())),
         "selected": len(selected_positions),
