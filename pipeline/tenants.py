@@ -36,7 +36,7 @@ __all__ = [
     "key_digest",
 ]
 
-SCOPES = ("events:write", "score", "push:send", "campaigns:write", "models:write", "admin")
+SCOPES = ("events:write", "score", "push:send", "campaigns:write", "models:write", "consent", "admin")
 _KEY_PREFIX = "ppk_"
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from pipeline import campaigns, guard, keys, outbox, receipts, tenants
+from pipeline import campaigns, consent, guard, keys, outbox, receipts, tenants
 from pipeline.apilimit import Admission, admit_request
 from pipeline.campaigns import runner
 from pipeline.campaigns.report import run_report
@@ -211,6 +211,13 @@ class InlineUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(pattern=_USER_ID)
     features: dict[str, FiniteFloat | None]
+
+
+class PreferencesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purposes: dict[str, str] = Field(min_length=1, max_length=len(consent.PURPOSES))
+    source: str = "api"
+    policy_version: str
 
 
 class ScoreRequest(BaseModel):
@@ -630,6 +637,25 @@ class Api:
             "features": {} if features.empty else features.iloc[0].to_dict(),
         }
 
+    @app.get("/v1/users/{user_id}/preferences")
+    def get_preferences(self, user_id: str,
+                        authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """The user's consent per purpose now and every change recorded (docs/consent.md)."""
+        key = self._auth(authorization, "consent")
+        (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
+        return consent.preferences(self._r, key.tenant_id, user_id).as_json()
+
+    @app.put("/v1/users/{user_id}/preferences")
+    def put_preferences(self, user_id: str, request: PreferencesRequest,
+                        authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Record consent changes: `{"purposes": {"marketing": "revoked"}, "source": ...,
+        "policy_version": ...}`. A revocation stops the user's queued pushes of that purpose."""
+        key = self._auth(authorization, "consent")
+        (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
+        return consent.record_consent(self._r, key.tenant_id, user_id, request.purposes,
+                                      source=request.source,
+                                      policy_version=request.policy_version).as_json()
+
     @serve.multiplexed(max_num_models_per_replica=16)
     async def _tenant_model(self, tenant_id: str) -> TenantModel:
         return await asyncio.to_thread(self._models.load, tenant_id)
@@ -669,6 +695,10 @@ class Api:
                                            with_send_hours=True)
             if not features.is_known.all():
                 raise HTTPException(404, f"users not found: {features.missing()[:20]}")
+            refused = consent.denied_users(self._r, key.tenant_id, "profiling", user_ids)
+            if refused:
+                raise HTTPException(403, "users who took back profiling consent are not scored: "
+                                    f"{sorted(refused)[:20]}; leave them out")
             return key, features
         return key, self._inline_features(key.tenant_id, request.users)
 

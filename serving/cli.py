@@ -46,6 +46,7 @@ cli.add_typer(cli_models.app, name="model")
 cli.add_typer(importlib.import_module("serving.cli_alerts").app, name="alerts")
 cli.add_typer(importlib.import_module("serving.cli_anomaly").app, name="anomaly")
 cli.add_typer(importlib.import_module("serving.cli_privacy").app, name="privacy")
+cli.add_typer(importlib.import_module("serving.cli_users").app, name="user")
 cli.add_typer(importlib.import_module("serving.cli_bench").app, name="bench")
 importlib.import_module("serving.cli_bench_serve")  # adds `bench serve` to the bench group
 cli.add_typer(importlib.import_module("serving.cli_gateway").app, name="gateway")
@@ -104,7 +105,7 @@ def tenant_list() -> None:
 @key_cli.command("create")
 def key_create(
     name: Annotated[str, typer.Argument(help="Tenant id.")],
-    scopes: Annotated[str, typer.Option(help="Comma-separated: events:write,score,push:send,campaigns:write,models:write,admin")] = "score,push:send",
+    scopes: Annotated[str, typer.Option(help="Comma-separated: events:write,score,push:send,campaigns:write,models:write,consent,admin")] = "score,push:send",
 ) -> None:
     """Create an API key; it is shown once and stored hashed."""
     from pipeline import tenants

@@ -26,12 +26,20 @@ _OUT_SUFFIXES = (".csv", ".parquet", ".pq")
 _RAY_THRESHOLD = 200_000
 
 
-def _known_tenant(tenant: str) -> None:
-    """Raise UnknownTenantError (exit 2) before anything is read or written."""
+def _known_tenant(tenant: str) -> set[str]:
+    """Raise UnknownTenantError (exit 2) before anything is read or written; the users whose
+    data may not be learnt from (profiling consent taken back)."""
     from pipeline import tenants
+    from pipeline.consent import denied_users
 
     with redis_client() as r:
         tenants.get_tenant(r, tenant)
+        return denied_users(r, tenant, "profiling")
+
+
+def _say_excluded(n: int) -> None:
+    if n:
+        typer.echo(f"left out {n} users who took back profiling consent", err=True)
 
 
 def _registry() -> ModelRegistry:
@@ -119,10 +127,14 @@ def model_train(
             fail("--cutoff applies to --events only")
         if (treatment is None) != (control is None):
             fail("--treatment and --control go together: the arm column and its control value")
-        _known_tenant(tenant)
+        refused = _known_tenant(tenant)
         from pipeline.tabular import read_table, train_table
 
         frame = read_table(table, sep)
+        if refused and "user_id" in frame.columns:
+            keep = ~frame["user_id"].astype(str).isin(refused)
+            _say_excluded(int((~keep).sum()))
+            frame = frame[keep].reset_index(drop=True)
         started = time.perf_counter()
         result = train_table(tenant, frame, label=label, registry=_registry(), positive=positive,
                              drop=drop or (), treatment=treatment, control=control,
@@ -155,13 +167,16 @@ def model_train(
     if label or treatment or drop:
         fail("--label, --drop and --treatment apply to --table only")
     cutoff_at = _utc(cutoff, "--cutoff")
-    _known_tenant(tenant)
+    refused = _known_tenant(tenant)
     from pipeline.generator import read_events
     from pipeline.training import train_propensity
 
     frame = read_events(events)
+    excluded = pd.Index(sorted(refused), name="user_id")
+    _say_excluded(frame.loc[frame["user_id"].astype(str).isin(refused), "user_id"].nunique())
     result_events = train_propensity(tenant, frame, cutoff=cutoff_at, horizon_days=horizon,
-                                     registry=_registry(), target_event=target_event, force=force)
+                                     registry=_registry(), target_event=target_event, force=force,
+                                     exclude_users=excluded if refused else None)
     _echo_choice(result_events.metrics["roc_auc"], result_events.learner,
                  "5-fold CV on the training users", result_events.cv_scores, result_events.baselines)
     typer.echo(json.dumps({
@@ -169,6 +184,7 @@ def model_train(
         "metrics": _rounded(result_events.metrics), "champion": result_events.version.is_champion,
         "learner": result_events.learner, "baselines": _rounded(result_events.baselines),
         "cv": _rounded(result_events.cv_scores),
+        "n_train": result_events.n_train, "n_holdout": result_events.n_holdout,
     }))
 
 

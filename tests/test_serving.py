@@ -723,3 +723,58 @@ def test_a_campaigns_messages_are_screened_like_pushes(world: World, edge: Any) 
     refused = _post(world, "/v1/campaigns", rejecting, spec)
     assert refused.status_code == 422
     assert refused.json()["errors"][0]["field"] == "variants.0.body"
+
+
+def test_preferences_over_http_are_per_tenant_and_stop_scores_and_marketing_pushes(
+    world: World, redis_server: EmbeddedRedis,
+) -> None:
+    r = connect(redis_server.url)
+    mine = tenants.create_api_key(r, world.tenant_a, ["consent"])
+    theirs = tenants.create_api_key(r, world.tenant_b, ["consent"])
+    user = world.users_a[-1]  # in both tenants, with features in both
+    path = f"/v1/users/{user}/preferences"
+
+    def put(key: str, body: Any) -> httpx.Response:
+        return httpx.put(world.base_url + path, json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {key}"})
+
+    assert _get(world, path, world.key_a).status_code == 403  # score and push:send only
+    before = _get(world, path, mine).json()
+    assert before["history"] == [] and before["purposes"]["profiling"]["allowed"] is True
+    bad = put(mine, {"purposes": {"transactional": "revoked"}, "policy_version": "v1"})
+    assert bad.status_code == 422 and "required" in bad.text
+    assert put(mine, {"purposes": {"profiling": "denied"}}).status_code == 422  # no policy_version
+    assert _get(world, path, mine).json() == before
+    try:
+        done = put(mine, {"purposes": {"profiling": "denied"}, "policy_version": "v1", "source": "banner"})
+        assert done.status_code == 200, done.text
+        assert done.json()["purposes"]["profiling"]["allowed"] is False
+
+        refused = _post(world, "/v1/score", world.key_a, {"user_ids": [user]})
+        assert refused.status_code == 403 and "profiling consent" in refused.text
+        assert _post(world, "/v1/score", world.key_b, {"user_ids": [user]}).status_code == 200
+        assert _get(world, path, theirs).json()["history"] == []
+    finally:
+        put(mine, {"purposes": {"profiling": "granted"}, "policy_version": "v1", "source": "test"})
+    assert _post(world, "/v1/score", world.key_a, {"user_ids": [user]}).status_code == 200
+
+    # Marketing over /v1/pushes, in a tenant of its own so no other test's pushes are drained.
+    tenant = "api-consent"
+    if not tenants.tenant_exists(r, tenant):
+        tenants.create_tenant(r, tenant)
+    sender = tenants.create_api_key(r, tenant, ["push:send", "consent"])
+    httpx.put(f"{world.base_url}/v1/users/u-out/preferences", timeout=30,
+              headers={"Authorization": f"Bearer {sender}"},
+              json={"purposes": {"marketing": "revoked"}, "policy_version": "v1"}).raise_for_status()
+    sent = {lane: _post(world, "/v1/pushes", sender, {"user_ids": ["u-out", "u-in"], "body": "x",
+                                                       "lane": lane}).json()["push_ids"]
+            for lane in ("marketing", "transactional")}
+    while DeliveryWorker(r, [tenant], consumer="consent-test").deliver_once():
+        pass
+    last = {p: _get(world, f"/v1/pushes/{p}", sender).json()["trail"][-1]
+            for ids in sent.values() for p in ids}
+    out_marketing, in_marketing = sent["marketing"]
+    assert last[out_marketing]["status"] == "suppressed" and last[out_marketing]["rule"] == "consent"
+    assert last[in_marketing]["status"] == "delivered"
+    assert {last[p]["status"] for p in sent["transactional"]} == {"delivered"}
+    r.close()

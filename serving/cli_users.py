@@ -1,0 +1,68 @@
+"""`pushpilot user ...`: a user's consent, as the tenant records it (docs/consent.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from serving.cli_common import fail, redis_client
+
+__all__ = ["app"]
+
+app = typer.Typer(help="A user's consent and preferences.", no_args_is_help=True)
+
+
+def _stored_user(r, tenant: str, user: str) -> str:  # type: ignore[no-untyped-def]
+    """The id as the API stores it: a PII-shaped one refused, or its pseudonym (stderr says so)."""
+    from pipeline import tenants
+    from pipeline.privacy import tenant_policy
+    from pipeline.privacy.edge import EdgeScreen
+
+    tenants.get_tenant(r, tenant)
+    stored = EdgeScreen().user_id(user, tenant_policy(r, tenant), tenants.tenant_secret(r, tenant), "--user")
+    if stored != user:
+        typer.echo(f"the user id holds personal data; its pseudonym {stored} is used", err=True)
+    return stored
+
+
+@app.command("preferences")
+def show(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    user: Annotated[str, typer.Option(help="User id.")],
+) -> None:
+    """Print the user's consent per purpose and every change recorded, as JSON."""
+    from pipeline.consent import preferences
+
+    with redis_client() as r:
+        typer.echo(json.dumps(preferences(r, tenant, _stored_user(r, tenant, user)).as_json()))
+
+
+@app.command("consent")
+def record(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    user: Annotated[str, typer.Option(help="User id.")],
+    set_: Annotated[list[str], typer.Option("--set", help="PURPOSE=STATUS, e.g. marketing=revoked; repeatable. Purposes: marketing, profiling, transactional; statuses: granted, denied, revoked.")],
+    policy_version: Annotated[str, typer.Option(help="Version of the privacy policy the user agreed to or refused.")],
+    source: Annotated[str, typer.Option(help="Where the change came from.")] = "cli",
+) -> None:
+    """Record consent changes for a user; prints the preferences after them as JSON.
+
+    Everything is checked first: a bad purpose or status changes nothing. A revocation stops
+    the user's queued pushes of that purpose.
+    """
+    from pipeline.consent import record_consent
+
+    changes: dict[str, str] = {}
+    for item in set_:
+        purpose, sep, status = item.partition("=")
+        if not sep or not purpose.strip() or not status.strip():
+            fail(f"--set: expected PURPOSE=STATUS, got {item!r}")
+        if purpose.strip() in changes:
+            fail(f"--set: {purpose.strip()!r} given twice")
+        changes[purpose.strip()] = status.strip()
+    with redis_client() as r:
+        stored = _stored_user(r, tenant, user)
+        prefs = record_consent(r, tenant, stored, changes, source=source, policy_version=policy_version)
+    typer.echo(json.dumps(prefs.as_json()))

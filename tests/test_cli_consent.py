@@ -1,0 +1,85 @@
+"""`pushpilot user consent|preferences` and training that leaves out refusals, via the entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.generator import generate_tenant, write_tenant
+
+PUSHPILOT = Path(sys.executable).with_name("pushpilot")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    env = {**os.environ, "PUSHPILOT_DATA_DIR": str(tmp_path_factory.mktemp("cli-consent"))}
+    env.pop("PUSHPILOT_REDIS_URL", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(PUSHPILOT), *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    for tenant in ("acme", "other"):
+        assert run("tenant", "create", tenant).returncode == 0
+    yield run
+    run("down")
+
+
+def _json(result: subprocess.CompletedProcess[str]) -> dict:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_consent_is_recorded_shown_and_bad_input_changes_nothing(cli):
+    after = _json(cli("user", "consent", "--tenant", "acme", "--user", "u1", "--set", "marketing=revoked",
+                      "--set", "profiling=granted", "--policy-version", "v3", "--source", "support call"))
+    assert after["purposes"]["marketing"]["allowed"] is False
+    assert after["purposes"]["marketing"]["source"] == "support call"
+    assert after["purposes"]["transactional"] == {**after["purposes"]["transactional"], "allowed": True,
+                                                  "kind": "required", "source": "default"}
+
+    cases = {
+        "expected PURPOSE=STATUS": ("--set", "marketing"),
+        "unknown purpose 'newsletter'": ("--set", "newsletter=denied"),
+        "transactional: is required": ("--set", "transactional=revoked"),
+        "unknown status 'later'": ("--set", "marketing=later"),
+        "given twice": ("--set", "marketing=granted", "--set", "marketing=denied"),
+    }
+    for message, args in cases.items():
+        result = cli("user", "consent", "--tenant", "acme", "--user", "u1", "--policy-version", "v4", *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    ghost = cli("user", "preferences", "--tenant", "ghost", "--user", "u1")
+    assert ghost.returncode == 2 and "no tenant 'ghost'" in ghost.stderr
+
+    shown = _json(cli("user", "preferences", "--tenant", "acme", "--user", "u1"))
+    assert [(c["purpose"], c["status"]) for c in shown["history"]] == [
+        ("marketing", "revoked"), ("profiling", "granted")]
+    assert _json(cli("user", "preferences", "--tenant", "other", "--user", "u1"))["history"] == []
+
+
+def test_users_without_profiling_consent_are_left_out_of_training(cli, tmp_path):
+    data = generate_tenant("acme", users=400, days=21, seed=5)
+    write_tenant(data, tmp_path)
+    active = sorted(data.events.loc[data.events["event_time"] <= data.cutoff, "user_id"].astype(str).unique())
+    refused = active[:3]
+    for user in refused:
+        _json(cli("user", "consent", "--tenant", "acme", "--user", user, "--set", "profiling=denied",
+                  "--policy-version", "v3"))
+    train = ("model", "train", "--events", str(tmp_path / "events.csv"), "--cutoff",
+             data.cutoff.isoformat(), "--horizon", str(data.horizon_days))
+
+    mine = cli(*train[:2], "--tenant", "acme", *train[2:])
+    theirs = cli(*train[:2], "--tenant", "other", *train[2:])
+
+    assert "left out 3 users who took back profiling consent" in mine.stderr
+    assert "left out" not in theirs.stderr
+    ours, others = _json(mine), _json(theirs)
+    assert ours["n_train"] + ours["n_holdout"] == len(active) - 3
+    assert others["n_train"] + others["n_holdout"] == len(active)
