@@ -38,6 +38,7 @@ __all__ = [
     "quarantine",
     "consent_ledger",
     "consent_denied",
+    "erased_users",
     "privacy_policy",
     "privacy_audit",
     "traffic_counts",
@@ -186,6 +187,12 @@ def consent_denied(tenant_id: str, purpose: str) -> str:
     """Hash: user id -> JSON of the change that took away the purpose (``pipeline.consent``
     keeps it in step with the ledgers; delivery and training read it)."""
     return f"{_tenant(tenant_id)}:consent-denied:{_part('purpose', purpose)}"
+
+
+def erased_users(tenant_id: str) -> str:
+    """Hash: HMAC of an erased user's id under the tenant secret -> JSON (time, actor); the
+    tombstones of ``pipeline.subjects``, which never hold the id itself."""
+    return f"{_tenant(tenant_id)}:erased"
 
 
 def inbox_cursor(tenant_id: str, user_id: str) -> str:

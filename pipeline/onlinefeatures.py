@@ -30,6 +30,7 @@ __all__ = [
     "pack_event",
     "events_clock",
     "refresh_users",
+    "history_events",
 ]
 
 # Older events of a user beyond this many are dropped when the user is refreshed.
@@ -127,3 +128,9 @@ def refresh_users(
         if progress is not None:
             progress(len(chunk))
     return written
+
+
+def history_events(r: redis.Redis, tenant_id: str, user_id: str) -> pd.DataFrame:
+    """The user's stored event history (user_id, event_time, event_type, value), oldest first;
+    event types the features do not tell apart read as ``other``."""
+    return _events_frame([user_id], _histories(r, tenant_id, [user_id]))

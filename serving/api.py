@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from pipeline import campaigns, consent, guard, keys, outbox, receipts, tenants
+from pipeline import campaigns, consent, guard, keys, outbox, receipts, subjects, tenants
 from pipeline.apilimit import Admission, admit_request
 from pipeline.campaigns import runner
 from pipeline.campaigns.report import run_report
@@ -695,10 +695,10 @@ class Api:
                                            with_send_hours=True)
             if not features.is_known.all():
                 raise HTTPException(404, f"users not found: {features.missing()[:20]}")
-            refused = consent.denied_users(self._r, key.tenant_id, "profiling", user_ids)
+            refused = subjects.excluded_from_learning(self._r, key.tenant_id, user_ids)
             if refused:
-                raise HTTPException(403, "users who took back profiling consent are not scored: "
-                                    f"{sorted(refused)[:20]}; leave them out")
+                raise HTTPException(403, "users who took back profiling consent (or were erased) "
+                                    f"are not scored: {sorted(refused)[:20]}; leave them out")
             return key, features
         return key, self._inline_features(key.tenant_id, request.users)
 

@@ -26,20 +26,25 @@ _OUT_SUFFIXES = (".csv", ".parquet", ".pq")
 _RAY_THRESHOLD = 200_000
 
 
-def _known_tenant(tenant: str) -> set[str]:
-    """Raise UnknownTenantError (exit 2) before anything is read or written; the users whose
-    data may not be learnt from (profiling consent taken back)."""
+def _known_tenant(tenant: str) -> None:
+    """Raise UnknownTenantError (exit 2) before anything is read or written."""
     from pipeline import tenants
-    from pipeline.consent import denied_users
 
     with redis_client() as r:
         tenants.get_tenant(r, tenant)
-        return denied_users(r, tenant, "profiling")
 
 
-def _say_excluded(n: int) -> None:
-    if n:
-        typer.echo(f"left out {n} users who took back profiling consent", err=True)
+def _excluded(tenant: str, user_ids: pd.Series) -> set[str]:
+    """The users of ``user_ids`` whose data may not be learnt from (profiling consent taken
+    back, or erased); stderr says how many."""
+    from pipeline.subjects import excluded_from_learning
+
+    with redis_client() as r:
+        out = excluded_from_learning(r, tenant, user_ids.astype(str).unique().tolist())
+    if out:
+        typer.echo(f"left out {len(out)} users who took back profiling consent or were erased",
+                   err=True)
+    return out
 
 
 def _registry() -> ModelRegistry:
@@ -127,14 +132,12 @@ def model_train(
             fail("--cutoff applies to --events only")
         if (treatment is None) != (control is None):
             fail("--treatment and --control go together: the arm column and its control value")
-        refused = _known_tenant(tenant)
+        _known_tenant(tenant)
         from pipeline.tabular import read_table, train_table
 
         frame = read_table(table, sep)
-        if refused and "user_id" in frame.columns:
-            keep = ~frame["user_id"].astype(str).isin(refused)
-            _say_excluded(int((~keep).sum()))
-            frame = frame[keep].reset_index(drop=True)
+        if "user_id" in frame.columns and (refused := _excluded(tenant, frame["user_id"])):
+            frame = frame[~frame["user_id"].astype(str).isin(refused)].reset_index(drop=True)
         started = time.perf_counter()
         result = train_table(tenant, frame, label=label, registry=_registry(), positive=positive,
                              drop=drop or (), treatment=treatment, control=control,
@@ -167,13 +170,13 @@ def model_train(
     if label or treatment or drop:
         fail("--label, --drop and --treatment apply to --table only")
     cutoff_at = _utc(cutoff, "--cutoff")
-    refused = _known_tenant(tenant)
+    _known_tenant(tenant)
     from pipeline.generator import read_events
     from pipeline.training import train_propensity
 
     frame = read_events(events)
+    refused = _excluded(tenant, frame["user_id"])
     excluded = pd.Index(sorted(refused), name="user_id")
-    _say_excluded(frame.loc[frame["user_id"].astype(str).isin(refused), "user_id"].nunique())
     result_events = train_propensity(tenant, frame, cutoff=cutoff_at, horizon_days=horizon,
                                      registry=_registry(), target_event=target_event, force=force,
                                      exclude_users=excluded if refused else None)

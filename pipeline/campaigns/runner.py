@@ -38,6 +38,7 @@ from pipeline.features import FEATURE_COLUMNS
 from pipeline.featurestore import load_feature_matrix
 from pipeline.guard import quarantined_users
 from pipeline.redis_server import connect
+from pipeline.subjects import excluded_from_learning
 
 __all__ = ["RunConfig", "RunResult", "run_campaign", "push_id_for", "default_run_id", "STAGES"]
 
@@ -456,7 +457,7 @@ def _execute(r: redis.Redis, config: RunConfig, spec: CampaignSpec, run_id: str,
             "audience", f"tenant {tenant_id!r} has no users with online features; store them "
             "(pipeline.featurestore.store_features) before running a campaign")
     quarantined = frozenset(quarantined_users(r, tenant_id))
-    refused = frozenset(denied_users(r, tenant_id, "profiling")
+    refused = frozenset(excluded_from_learning(r, tenant_id, user_ids.tolist())
                         | (denied_users(r, tenant_id, "marketing") if spec.lane == "marketing" else set()))
     n_parts = max(1, math.ceil(len(user_ids) / config.partition_size))
     bounds = np.linspace(0, len(user_ids), n_parts + 1).astype(int)

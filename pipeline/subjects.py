@@ -1,0 +1,258 @@
+"""Data-subject requests: export everything held about a user, or erase it.
+
+What pushpilot holds about a user of a tenant, all in Redis under the tenant's prefix: the
+pseudonymised profile, online features and send hour, the event history and the user's entries
+in the tenant's event stream, the inbox and its cursor, queued and dead-lettered pushes and the
+receipts (status trails) of the user's pushes, frequency counters, campaign arm assignments,
+the guard's quarantine entry and the consent ledger.
+
+Erasure removes all of it and leaves one tombstone: a keyed hash (HMAC-SHA256 under the
+tenant's secret) of the user id, never the id, so the user stays out of future training and
+scores without pushpilot keeping who they were. It writes the tombstone first and is
+idempotent, so an erasure cut short is finished by running it again. What it cannot reach is
+listed in :data:`REMAINS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from pipeline import consent, keys, tenants
+from pipeline.errors import InvalidInputError
+from pipeline.outbox import entry_content
+from pipeline.receipts import status_trails
+
+__all__ = [
+    "REMAINS",
+    "ErasureReport",
+    "export_user",
+    "erase_user",
+    "erased_users",
+    "erasure_count",
+    "excluded_from_learning",
+]
+
+#: What an erasure does not remove, and until when it stays.
+REMAINS: tuple[str, ...] = (
+    "backups taken before the erasure hold the user's data until you delete them; a restore of "
+    "one brings it back, so erase the user again after restoring it",
+    "trained models and their MLflow runs were fitted with the user's data (never their ids); "
+    "they stay until retrained and the old versions are deleted, and no new training set or "
+    "score includes the user",
+    "event ids the tenant sent are kept up to 48 hours to drop duplicates; an id that embeds "
+    "the user id stays until then",
+)
+
+_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    tenant_id: str
+    removed: dict[str, int] = field(default_factory=dict)
+    remains: tuple[str, ...] = REMAINS
+
+    def as_json(self) -> dict[str, Any]:
+        return {"tenant_id": self.tenant_id, "erased": True, "removed": self.removed,
+                "remains": list(self.remains)}
+
+
+def _user_key_part(user_id: str) -> str:
+    try:
+        keys.inbox_stream("x", user_id)
+    except ValueError as e:
+        raise InvalidInputError("user_id", str(e)) from e
+    return user_id
+
+
+def _digest(secret: bytes, user_id: str) -> str:
+    return hmac.new(secret, b"erased\x1f" + user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def erased_users(r: redis.Redis, tenant_id: str, user_ids: Iterable[str]) -> set[str]:
+    """The users of ``user_ids`` the tenant erased (their tombstones match)."""
+    ids = list(dict.fromkeys(str(u) for u in user_ids))
+    if not ids or not r.exists(keys.erased_users(tenant_id)):
+        return set()
+    secret = tenants.tenant_secret(r, tenant_id)
+    found = r.hmget(keys.erased_users(tenant_id), [_digest(secret, u) for u in ids])
+    return {u for u, hit in zip(ids, found, strict=True) if hit is not None}
+
+
+def excluded_from_learning(r: redis.Redis, tenant_id: str, user_ids: Iterable[str]) -> set[str]:
+    """The users of ``user_ids`` whose data may not be trained on or scored: those who took
+    back profiling consent and those erased."""
+    ids = list(dict.fromkeys(str(u) for u in user_ids))
+    return consent.denied_users(r, tenant_id, "profiling", ids) | erased_users(r, tenant_id, ids)
+
+
+def erasure_count(r: redis.Redis, tenant_id: str) -> int:
+    return int(r.hlen(keys.erased_users(tenant_id)))
+
+
+def _stream_entries(r: redis.Redis, key: str) -> Iterator[tuple[str, dict[str, str]]]:
+    start = "-"
+    while True:
+        batch = r.xrange(key, min=start, count=_CHUNK)
+        yield from batch
+        if len(batch) < _CHUNK:
+            return
+        last = batch[-1][0]
+        ms, seq = last.split("-")
+        start = f"{ms}-{int(seq) + 1}"
+
+
+def _user_entries(r: redis.Redis, key: str, user_id: str) -> list[tuple[str, dict[str, str]]]:
+    return [(i, f) for i, f in _stream_entries(r, key) if f.get("user_id") == user_id]
+
+
+def _dead_letters(r: redis.Redis, tenant_id: str, user_id: str) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for entry_id, fields in _stream_entries(r, keys.dead_letter_stream(tenant_id)):
+        try:
+            entry = json.loads(fields.get("entry") or "{}")
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("user_id") == user_id:
+            out.append((entry_id, fields))
+    return out
+
+
+def _arm_keys(r: redis.Redis, tenant_id: str) -> list[str]:
+    pattern = keys.campaign_arms(tenant_id, "*", "*")
+    return list(r.scan_iter(match=pattern, count=1000))
+
+
+@dataclass
+class _Held:
+    inbox: list[tuple[str, dict[str, str]]]
+    queued: dict[str, list[tuple[str, dict[str, str]]]]
+    dead: list[tuple[str, dict[str, str]]]
+    events: list[tuple[str, dict[str, str]]]
+    arms: dict[str, str]  # arms key -> arm
+    push_ids: list[str]
+
+
+def _held(r: redis.Redis, tenant_id: str, user_id: str) -> _Held:
+    inbox = r.xrange(keys.inbox_stream(tenant_id, user_id))
+    queued = {lane: _user_entries(r, keys.outbox_stream(tenant_id, lane), user_id) for lane in keys.LANES}
+    dead = _dead_letters(r, tenant_id, user_id)
+    events = _user_entries(r, keys.events_stream(tenant_id), user_id)
+    arm_keys = _arm_keys(r, tenant_id)
+    pipe = r.pipeline(transaction=False)
+    for key in arm_keys:
+        pipe.hget(key, user_id)
+    arms = {k: v for k, v in zip(arm_keys, pipe.execute(), strict=True) if v is not None}
+    push_ids = list(dict.fromkeys(
+        [f["push_id"] for _, f in inbox if f.get("push_id")]
+        + [f["push_id"] for entries in queued.values() for _, f in entries if f.get("push_id")]
+        + [f["push_id"] for _, f in dead if f.get("push_id")]))
+    return _Held(inbox, queued, dead, events, arms, push_ids)
+
+
+def export_user(r: redis.Redis, tenant_id: str, user_id: str) -> dict[str, Any] | None:
+    """Everything held about the user, as JSON-ready data; None when nothing is (or the user
+    was erased)."""
+    from pipeline.featurestore import load_features, load_profile, load_send_hours
+    from pipeline.onlinefeatures import history_events
+
+    tenants.get_tenant(r, tenant_id)
+    user_id = _user_key_part(user_id)
+    if erased_users(r, tenant_id, [user_id]):
+        return None
+    held = _held(r, tenant_id, user_id)
+    features = load_features(r, tenant_id, [user_id])
+    history = history_events(r, tenant_id, user_id)
+    prefs = consent.preferences(r, tenant_id, user_id)
+    frequency = r.hgetall(keys.user_frequency(tenant_id, user_id))
+    body: dict[str, Any] = {
+        "profile": load_profile(r, tenant_id, user_id),
+        "features": None if features.empty else {k: (None if v != v else float(v))
+                                                  for k, v in features.iloc[0].items()},
+        "send_hour": load_send_hours(r, tenant_id, [user_id]).get(user_id),
+        "events": [{"event_time": t.isoformat(), "event_type": kind,
+                    "value": None if v != v else float(v)}
+                   for t, kind, v in zip(history["event_time"], history["event_type"],
+                                         history["value"], strict=True)],
+        "events_stream": [dict(f) for _, f in held.events],
+        "inbox": [{"id": i, "push_id": f.get("push_id"), "message": json.loads(f.get("m") or "null")}
+                  for i, f in held.inbox],
+        "inbox_cursor": r.get(keys.inbox_cursor(tenant_id, user_id)),
+        "queued": [{"lane": lane, **entry_content(f)} for lane, entries in held.queued.items()
+                   for _, f in entries],
+        "dead_letters": [dict(f) for _, f in held.dead],
+        "receipts": dict(zip(held.push_ids, status_trails(r, tenant_id, held.push_ids), strict=True)),
+        "frequency": frequency,
+        "campaigns": [{"key": k.rsplit(":", 2)[-2] + "/" + k.rsplit(":", 1)[-1], "arm": a}
+                      for k, a in held.arms.items()],
+        "quarantine": r.hget(keys.quarantine(tenant_id), user_id),
+        "consent": prefs.as_json(),
+    }
+    is_empty = not any(v for k, v in body.items() if k != "consent") and not prefs.history
+    if is_empty:
+        return None
+    return {"tenant_id": tenant_id, "user_id": user_id, "exported_at": time.time(), **body}
+
+
+def erase_user(r: redis.Redis, tenant_id: str, user_id: str, *, actor: str) -> ErasureReport:
+    """Remove everything held about the user and leave the tombstone (see the module doc).
+
+    Raises InvalidInputError for an id no key can hold; an unknown tenant is refused before
+    anything changes. Erasing a user twice, or one never seen, is allowed and removes nothing
+    more. The erasure is recorded in the tenant's privacy audit with counts only.
+    """
+    tenants.get_tenant(r, tenant_id)
+    user_id = _user_key_part(user_id)
+    actor = actor.strip() or "unknown"
+    secret = tenants.tenant_secret(r, tenant_id)
+    # The tombstone first: if the rest is cut short, the user is already kept out of training.
+    r.hsetnx(keys.erased_users(tenant_id), _digest(secret, user_id),
+             json.dumps({"at": time.time(), "actor": actor}))
+    held = _held(r, tenant_id, user_id)
+    removed: dict[str, int] = {}
+    pipe = r.pipeline(transaction=False)
+    for lane, entries in held.queued.items():
+        ids = [i for i, _ in entries]
+        if ids:
+            stream = keys.outbox_stream(tenant_id, lane)
+            pipe.xack(stream, "delivery", *ids)
+            pipe.xdel(stream, *ids)
+    if held.dead:
+        pipe.xdel(keys.dead_letter_stream(tenant_id), *[i for i, _ in held.dead])
+    if held.events:
+        pipe.xdel(keys.events_stream(tenant_id), *[i for i, _ in held.events])
+    for key in held.arms:
+        pipe.hdel(key, user_id)
+    for push_id in held.push_ids:
+        pipe.delete(keys.push_status(tenant_id, push_id), keys.push_retry(tenant_id, push_id))
+    pipe.delete(keys.inbox_stream(tenant_id, user_id), keys.inbox_cursor(tenant_id, user_id),
+                keys.user_history(tenant_id, user_id), keys.user_frequency(tenant_id, user_id),
+                keys.consent_ledger(tenant_id, user_id))
+    for key in (keys.user_features(tenant_id), keys.user_profiles(tenant_id), keys.send_hours(tenant_id),
+                keys.quarantine(tenant_id), *(keys.consent_denied(tenant_id, p) for p in consent.PURPOSES)):
+        pipe.hdel(key, user_id)
+    pipe.execute()
+    removed = {
+        "inbox_entries": len(held.inbox),
+        "queued_pushes": sum(len(v) for v in held.queued.values()),
+        "dead_letters": len(held.dead),
+        "events": len(held.events),
+        "receipts": len(held.push_ids),
+        "campaign_assignments": len(held.arms),
+    }
+    from pipeline.privacy import PrivacyAudit, record_audit  # Presidio's import, only here
+
+    audit = PrivacyAudit()
+    for what, n in removed.items():
+        audit.add("erasure", what, n)
+    audit.add("erasure", "users", 1)
+    record_audit(r, tenant_id, audit, source=f"erase by {actor}", rows=1)
+    return ErasureReport(tenant_id, removed)

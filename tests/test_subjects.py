@@ -1,0 +1,181 @@
+"""Data-subject export and erasure against a real Valkey, with the data every path writes."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pandas as pd
+import pytest
+import redis
+
+from pipeline import consent, keys, subjects, tenants
+from pipeline.channels.webhook import WebhookChannel
+from pipeline.delivery import DeliveryWorker
+from pipeline.errors import InvalidInputError, UnknownTenantError
+from pipeline.events import ingest_events
+from pipeline.featurestore import store_profiles
+from pipeline.guard import quarantine_users
+from pipeline.outbox import Push, enqueue
+from pipeline.privacy import anonymize_table, recent_audits
+from pipeline.redis_server import EmbeddedRedis
+
+T0 = pd.Timestamp("2026-11-01", tz="UTC").timestamp()
+
+
+def _populate(r: redis.Redis, tenant_id: str, users: list[str], email: str, refusing_url: str) -> None:
+    """Profiles (an e-mail pseudonymised), events, features, inbox, queued and dead pushes,
+    frequency counters, a campaign assignment, quarantine and consent, for every user."""
+    secret = tenants.tenant_secret(r, tenant_id)
+    profiles = pd.DataFrame({"user_id": users, "email": [email] + [f"{u}@example.org" for u in users[1:]],
+                             "timezone": "UTC"})
+    safe, _ = anonymize_table(profiles, secret)
+    store_profiles(r, tenant_id, safe)
+    ingest_events(r, tenant_id, [
+        (secrets.token_hex(8), u, T0 + 3600 * i + j, kind, 12.5 if kind == "purchase" else None)
+        for j, u in enumerate(users) for i, kind in enumerate(("session_start", "view", "purchase"))
+    ], now=T0 + 86_400)
+    tenants.set_plan(r, tenant_id, tenants.Plan(marketing_per_user_per_day=10))
+    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-m", user_id=u, lane="marketing", body="hi")
+                for u in users])
+    DeliveryWorker(r, [tenant_id], consumer="w").deliver_once()
+    # A webhook push the tenant's endpoint refuses (4xx): dead-lettered at once.
+    tenants.set_webhook_url(r, tenant_id, refusing_url)
+    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-x", user_id=u, channel="webhook", body="x",
+                     lane="transactional") for u in users])
+    DeliveryWorker(r, [tenant_id], consumer="w2", channels={"webhook": WebhookChannel(r)}).deliver_once()
+    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-q", user_id=u, body="later") for u in users])
+    r.hset(keys.campaign_arms(tenant_id, "spring", "r1"), mapping={u: "a" for u in users})
+    quarantine_users(r, tenant_id, users[:1], reason="test")
+    for u in users:
+        consent.record_consent(r, tenant_id, u, {"marketing": "granted"}, source="banner",
+                               policy_version="v1")
+
+
+def _corpus(url: str) -> list[tuple[str, bytes]]:
+    raw = redis.Redis.from_url(url)
+    out = []
+    try:
+        for key in raw.scan_iter(count=1000):
+            kind = raw.type(key).decode()
+            parts = [key]
+            if kind == "string":
+                parts.append(raw.get(key) or b"")
+            elif kind == "hash":
+                parts += [f + b"=" + v for f, v in raw.hgetall(key).items()]
+            elif kind == "stream":
+                parts += [repr(fields).encode() for _, fields in raw.xrange(key)]
+            elif kind == "list":
+                parts += raw.lrange(key, 0, -1)
+            elif kind == "set":
+                parts += list(raw.smembers(key))
+            elif kind == "zset":
+                parts += [m for m, _ in raw.zrange(key, 0, -1)]
+            out.append((key.decode(errors="replace"), b"\x00".join(parts)))
+    finally:
+        raw.close()
+    return out
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    """The tenant's webhook endpoint, standing in for one that rejects every push with 400."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(400)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def world(redis_client: redis.Redis, new_tenant_id: Callable[[str], str],
+          refusing_url: str) -> tuple[str, str, str, list[str]]:
+    mine, theirs = new_tenant_id("dsr"), new_tenant_id("dsr-b")
+    person = f"person-{secrets.token_hex(4)}"
+    others = [f"other-{i}" for i in range(3)]
+    for tenant_id in (mine, theirs):
+        tenants.create_tenant(redis_client, tenant_id)
+        _populate(redis_client, tenant_id, [person, *others], f"{person}@mail.example.com", refusing_url)
+    return mine, theirs, person, others
+
+
+def test_export_holds_everything_kept_about_the_user_and_only_theirs(redis_client, world):
+    mine, _, person, _ = world
+    body = subjects.export_user(redis_client, mine, person)
+
+    assert body is not None and body["user_id"] == person
+    assert body["profile"]["email"] != f"{person}@mail.example.com"  # the pseudonym
+    assert body["features"] and body["send_hour"] is not None
+    assert [e["event_type"] for e in body["events"]] == ["session_start", "view", "purchase"]
+    assert {e["user_id"] for e in body["events_stream"]} == {person} and len(body["events_stream"]) == 3
+    assert [i["push_id"] for i in body["inbox"]] == [f"{person}-m"]
+    assert [q["push_id"] for q in body["queued"]] == [f"{person}-q"]
+    assert len(body["dead_letters"]) == 1
+    assert set(body["receipts"]) == {f"{person}-m", f"{person}-q", f"{person}-x"}
+    assert body["receipts"][f"{person}-m"][-1]["status"] == "delivered"
+    assert body["frequency"] and body["quarantine"] == "test"
+    assert body["campaigns"] == [{"key": "spring/r1", "arm": "a"}]
+    assert body["consent"]["history"][0]["status"] == "granted"
+    assert subjects.export_user(redis_client, mine, "never-seen") is None
+
+
+def test_erasure_leaves_nothing_of_the_user_but_a_keyed_tombstone_and_spares_the_other_tenant(
+    redis_client, redis_server: EmbeddedRedis, world,
+):
+    mine, theirs, person, others = world
+    pseudonym = subjects.export_user(redis_client, mine, person)["profile"]["email"]
+    theirs_before = subjects.export_user(redis_client, theirs, person)
+    others_before = [subjects.export_user(redis_client, mine, u) for u in others]
+
+    report = subjects.erase_user(redis_client, mine, person, actor="test")
+
+    assert report.removed == {"inbox_entries": 1, "queued_pushes": 1, "dead_letters": 1, "events": 3,
+                              "receipts": 3, "campaign_assignments": 1}
+    assert any("backups" in line for line in report.remains)
+    mine_corpus = [(k, blob) for k, blob in _corpus(redis_server.url) if k.startswith(f"pp:{{{mine}}}")]
+    assert mine_corpus, "the tenant's other data is still there"
+    leaks = [k for k, blob in mine_corpus if person.encode() in blob or pseudonym.encode() in blob]
+    assert not leaks, leaks
+    assert subjects.export_user(redis_client, mine, person) is None
+    assert subjects.excluded_from_learning(redis_client, mine, [person, *others]) == {person}
+    audit = recent_audits(redis_client, mine, 1)[0]
+    assert audit["source"] == "erase by test" and audit["counts"]["erasure"]["users"] == 1
+    assert person not in repr(audit)
+
+    # The other tenant's same user, and this tenant's other users, are as they were.
+    after = subjects.export_user(redis_client, theirs, person)
+    assert after is not None and {k: v for k, v in after.items() if k != "exported_at"} == {
+        k: v for k, v in theirs_before.items() if k != "exported_at"}
+    assert subjects.excluded_from_learning(redis_client, theirs, [person]) == set()
+    for user, before in zip(others, others_before, strict=True):
+        now = subjects.export_user(redis_client, mine, user)
+        assert {k: v for k, v in now.items() if k != "exported_at"} == {
+            k: v for k, v in before.items() if k != "exported_at"}
+
+    # Again: allowed, removes nothing more, and the tombstone is still the only trace.
+    assert set(subjects.erase_user(redis_client, mine, person, actor="test").removed.values()) == {0}
+    assert subjects.erasure_count(redis_client, mine) == 1
+
+
+def test_bad_requests_are_refused_and_change_nothing(redis_client, redis_server, world):
+    mine, _, _, _ = world
+    before = _corpus(redis_server.url)
+    with pytest.raises(InvalidInputError):
+        subjects.erase_user(redis_client, mine, "a{b}", actor="test")
+    with pytest.raises(UnknownTenantError):
+        subjects.erase_user(redis_client, "no-such-tenant", "u1", actor="test")
+    with pytest.raises(UnknownTenantError):
+        subjects.export_user(redis_client, "no-such-tenant", "u1")
+    assert sorted(_corpus(redis_server.url)) == sorted(before)
