@@ -158,9 +158,11 @@ def _held(r: redis.Redis, tenant_id: str, user_id: str) -> _Held:
     return _Held(inbox, queued, dead, events, arms, push_ids)
 
 
-def export_user(r: redis.Redis, tenant_id: str, user_id: str) -> dict[str, Any] | None:
+def export_user(r: redis.Redis, tenant_id: str, user_id: str,
+                actor: str | None = None) -> dict[str, Any] | None:
     """Everything held about the user, as JSON-ready data; None when nothing is (or the user
-    was erased)."""
+    was erased). With ``actor`` an export is recorded in the tenant's privacy audit (counts
+    only, never the id)."""
     from pipeline.featurestore import load_features, load_profile, load_send_hours
     from pipeline.onlinefeatures import history_events
 
@@ -199,6 +201,8 @@ def export_user(r: redis.Redis, tenant_id: str, user_id: str) -> dict[str, Any] 
     is_empty = not any(v for k, v in body.items() if k != "consent") and not prefs.history
     if is_empty:
         return None
+    if actor is not None:
+        _audit(r, tenant_id, f"export by {actor}", {"users": 1})
     return {"tenant_id": tenant_id, "user_id": user_id, "exported_at": time.time(), **body}
 
 
@@ -248,11 +252,15 @@ def erase_user(r: redis.Redis, tenant_id: str, user_id: str, *, actor: str) -> E
         "receipts": len(held.push_ids),
         "campaign_assignments": len(held.arms),
     }
+    _audit(r, tenant_id, f"erase by {actor}", {**removed, "users": 1}, column="erasure")
+    return ErasureReport(tenant_id, removed)
+
+
+def _audit(r: redis.Redis, tenant_id: str, source: str, counts: dict[str, int],
+           column: str = "export") -> None:
     from pipeline.privacy import PrivacyAudit, record_audit  # Presidio's import, only here
 
     audit = PrivacyAudit()
-    for what, n in removed.items():
-        audit.add("erasure", what, n)
-    audit.add("erasure", "users", 1)
-    record_audit(r, tenant_id, audit, source=f"erase by {actor}", rows=1)
-    return ErasureReport(tenant_id, removed)
+    for what, n in counts.items():
+        audit.add(column, what, n)
+    record_audit(r, tenant_id, audit, source=source, rows=1)

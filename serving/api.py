@@ -656,6 +656,26 @@ class Api:
                                       source=request.source,
                                       policy_version=request.policy_version).as_json()
 
+    @app.get("/v1/users/{user_id}/export")
+    def export_user(self, user_id: str,
+                    authorization: Annotated[str | None, Header()] = None) -> Response:
+        """Everything held about the user, as JSON (admin); 404 when nothing is or after erasure."""
+        key = self._auth(authorization, "admin")
+        (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
+        body = subjects.export_user(self._r, key.tenant_id, user_id, actor=f"api key {key.key_id}")
+        if body is None:
+            raise _not_found("user")
+        return Response(orjson.dumps(body, default=str), media_type="application/json")
+
+    @app.post("/v1/users/{user_id}/erase")
+    def erase_user(self, user_id: str,
+                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Erase everything held about the user (admin); the report says what remains elsewhere."""
+        key = self._auth(authorization, "admin")
+        (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
+        return subjects.erase_user(self._r, key.tenant_id, user_id,
+                                   actor=f"api key {key.key_id}").as_json()
+
     @serve.multiplexed(max_num_models_per_replica=16)
     async def _tenant_model(self, tenant_id: str) -> TenantModel:
         return await asyncio.to_thread(self._models.load, tenant_id)

@@ -66,3 +66,38 @@ def record(
         stored = _stored_user(r, tenant, user)
         prefs = record_consent(r, tenant, stored, changes, source=source, policy_version=policy_version)
     typer.echo(json.dumps(prefs.as_json()))
+
+
+@app.command("export")
+def export(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    user: Annotated[str, typer.Option(help="User id.")],
+) -> None:
+    """Print everything held about the user as JSON (a data-subject access request).
+
+    Exits 2 when nothing is held (or the user was erased). The export is audited.
+    """
+    from pipeline.subjects import export_user
+
+    with redis_client() as r:
+        body = export_user(r, tenant, _stored_user(r, tenant, user), actor="cli")
+    if body is None:
+        fail(f"no data held about user {user!r} in tenant {tenant!r}")
+    typer.echo(json.dumps(body, default=str))
+
+
+@app.command("erase")
+def erase(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    user: Annotated[str, typer.Option(help="User id.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: an erasure cannot be undone.")] = False,
+) -> None:
+    """Erase everything held about the user (a data-subject erasure request); prints what was
+    removed and what remains elsewhere (backups, trained models) as JSON. Audited."""
+    from pipeline.subjects import erase_user
+
+    if not yes:
+        fail("an erasure cannot be undone; add --yes to go ahead")
+    with redis_client() as r:
+        report = erase_user(r, tenant, _stored_user(r, tenant, user), actor="cli")
+    typer.echo(json.dumps(report.as_json()))

@@ -83,3 +83,21 @@ def test_users_without_profiling_consent_are_left_out_of_training(cli, tmp_path)
     ours, others = _json(mine), _json(theirs)
     assert ours["n_train"] + ours["n_holdout"] == len(active) - 3
     assert others["n_train"] + others["n_holdout"] == len(active)
+
+
+def test_export_and_erase_a_user(cli):
+    for tenant in ("acme", "other"):
+        _json(cli("user", "consent", "--tenant", tenant, "--user", "leaver", "--set", "marketing=denied",
+                  "--policy-version", "v3"))
+    held = _json(cli("user", "export", "--tenant", "acme", "--user", "leaver"))
+    assert held["user_id"] == "leaver" and held["consent"]["purposes"]["marketing"]["allowed"] is False
+
+    unconfirmed = cli("user", "erase", "--tenant", "acme", "--user", "leaver")
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    assert _json(cli("user", "export", "--tenant", "acme", "--user", "leaver"))["consent"] == held["consent"]
+
+    report = _json(cli("user", "erase", "--tenant", "acme", "--user", "leaver", "--yes"))
+    assert report["erased"] is True and any("backups" in line for line in report["remains"])
+    gone = cli("user", "export", "--tenant", "acme", "--user", "leaver")
+    assert gone.returncode == 2 and "no data held about user 'leaver'" in gone.stderr
+    assert _json(cli("user", "export", "--tenant", "other", "--user", "leaver"))["user_id"] == "leaver"

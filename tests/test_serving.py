@@ -778,3 +778,30 @@ def test_preferences_over_http_are_per_tenant_and_stop_scores_and_marketing_push
     assert last[in_marketing]["status"] == "delivered"
     assert {last[p]["status"] for p in sent["transactional"]} == {"delivered"}
     r.close()
+
+
+def test_export_and_erase_over_http_need_admin_and_touch_one_tenant(
+    world: World, redis_server: EmbeddedRedis,
+) -> None:
+    r = connect(redis_server.url)
+    tenant, other = "api-erase", "api-erase-b"
+    admins = {}
+    for t in (tenant, other):
+        if not tenants.tenant_exists(r, t):
+            tenants.create_tenant(r, t)
+        admins[t] = tenants.create_api_key(r, t, ["admin"])
+        httpx.put(f"{world.base_url}/v1/users/leaver/preferences", timeout=30,
+                  headers={"Authorization": f"Bearer {admins[t]}"},
+                  json={"purposes": {"marketing": "denied"}, "policy_version": "v1"}).raise_for_status()
+    consent_only = tenants.create_api_key(r, tenant, ["consent"])
+    r.close()
+
+    assert _get(world, "/v1/users/leaver/export", consent_only).status_code == 403
+    assert _post(world, "/v1/users/leaver/erase", consent_only, {}).status_code == 403
+    held = _get(world, "/v1/users/leaver/export", admins[tenant])
+    assert held.status_code == 200 and held.json()["consent"]["history"][0]["status"] == "denied"
+
+    erased = _post(world, "/v1/users/leaver/erase", admins[tenant], {})
+    assert erased.status_code == 200 and erased.json()["erased"] is True
+    assert _get(world, "/v1/users/leaver/export", admins[tenant]).status_code == 404
+    assert _get(world, "/v1/users/leaver/export", admins[other]).status_code == 200
