@@ -715,12 +715,17 @@ class Api:
                                            with_send_hours=True)
             if not features.is_known.all():
                 raise HTTPException(404, f"users not found: {features.missing()[:20]}")
-            refused = subjects.excluded_from_learning(self._r, key.tenant_id, user_ids)
-            if refused:
-                raise HTTPException(403, "users who took back profiling consent (or were erased) "
-                                    f"are not scored: {sorted(refused)[:20]}; leave them out")
+            self._refuse_unconsented(key.tenant_id, user_ids)
             return key, features
-        return key, self._inline_features(key.tenant_id, request.users)
+        features = self._inline_features(key.tenant_id, request.users)
+        self._refuse_unconsented(key.tenant_id, list(features.user_ids))
+        return key, features
+
+    def _refuse_unconsented(self, tenant_id: str, user_ids: list[str]) -> None:
+        refused = subjects.excluded_from_learning(self._r, tenant_id, user_ids)
+        if refused:
+            raise HTTPException(403, "users who took back profiling consent (or were erased) "
+                                f"are not scored: {sorted(refused)[:20]}; leave them out")
 
     @app.post("/v1/score", response_model=ScoreResponse)
     async def score(self, request: ScoreRequest,

@@ -752,6 +752,8 @@ def test_preferences_over_http_are_per_tenant_and_stop_scores_and_marketing_push
 
         refused = _post(world, "/v1/score", world.key_a, {"user_ids": [user]})
         assert refused.status_code == 403 and "profiling consent" in refused.text
+        inline = _post(world, "/v1/score", world.key_a, {"users": [{"user_id": user, "features": {}}]})
+        assert inline.status_code == 403 and "profiling consent" in inline.text
         assert _post(world, "/v1/score", world.key_b, {"user_ids": [user]}).status_code == 200
         assert _get(world, path, theirs).json()["history"] == []
     finally:
