@@ -101,3 +101,8 @@ def test_export_and_erase_a_user(cli):
     gone = cli("user", "export", "--tenant", "acme", "--user", "leaver")
     assert gone.returncode == 2 and "no data held about user 'leaver'" in gone.stderr
     assert _json(cli("user", "export", "--tenant", "other", "--user", "leaver"))["user_id"] == "leaver"
+    report = _json(cli("compliance", "report", "--tenant", "acme"))
+    assert report["data_subject_requests"]["users_erased"] == 1
+    assert report["data_subject_requests"]["exports"] == 2 and "leaver" not in json.dumps(report)
+    unknown = cli("compliance", "report", "--tenant", "ghost")
+    assert unknown.returncode == 2 and "no tenant 'ghost'" in unknown.stderr

@@ -72,7 +72,7 @@ def _corpus(url: str) -> list[tuple[str, bytes]]:
             elif kind == "set":
                 parts += list(raw.smembers(key))
             elif kind == "zset":
-                parts += [m for m, _ in raw.zrange(key, 0, -1)]
+                parts += raw.zrange(key, 0, -1)
             out.append((key.decode(errors="replace"), b"\x00".join(parts)))
     finally:
         raw.close()
@@ -179,3 +179,30 @@ def test_bad_requests_are_refused_and_change_nothing(redis_client, redis_server,
     with pytest.raises(UnknownTenantError):
         subjects.export_user(redis_client, "no-such-tenant", "u1")
     assert sorted(_corpus(redis_server.url)) == sorted(before)
+
+
+def test_the_compliance_report_counts_data_consent_and_requests_per_tenant(redis_client, world):
+    from pipeline.compliance import compliance_report
+
+    mine, theirs, person, others = world
+    consent.record_consent(redis_client, mine, others[0], {"profiling": "denied"}, source="banner",
+                           policy_version="v2")
+    subjects.export_user(redis_client, mine, others[1], actor="test")
+    subjects.erase_user(redis_client, mine, person, actor="test")
+
+    report = compliance_report(redis_client, mine, inbox_max_len=1000)
+    other = compliance_report(redis_client, theirs, inbox_max_len=1000)
+
+    held = report["data_held"]
+    assert held["users_with_features"] == held["event_histories"] == held["inboxes"] == 3
+    assert other["data_held"]["users_with_features"] == 4
+    assert report["consent"]["users_with_a_ledger"] == 3
+    assert report["consent"]["denied_or_revoked"] == {"marketing": 0, "profiling": 1, "transactional": 0}
+    assert report["consent"]["latest_policy_version"] == {"v1": 2, "v2": 1}
+    assert {k: report["data_subject_requests"][k] for k in ("exports", "erasures_recorded", "users_erased")} == {
+        "exports": 1, "erasures_recorded": 1, "users_erased": 1}
+    assert {k: other["data_subject_requests"][k] for k in ("exports", "erasures_recorded", "users_erased")} == {
+        "exports": 0, "erasures_recorded": 0, "users_erased": 0}
+    assert person not in repr(report) and not any(u in repr(report) for u in others)
+    with pytest.raises(UnknownTenantError):
+        compliance_report(redis_client, "no-such-tenant", inbox_max_len=1000)
