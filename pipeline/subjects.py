@@ -49,6 +49,10 @@ REMAINS: tuple[str, ...] = (
     "score includes the user",
     "event ids the tenant sent are kept up to 48 hours to drop duplicates; an id that embeds "
     "the user id stays until then",
+    "entries deleted from a Redis stream (the event stream, the outboxes) keep their bytes in "
+    "the stream's storage until the node holding them is freed, so snapshots (RDB, DUMP-based "
+    "backups) may still carry them, and the append-only file holds every past write until "
+    "its next rewrite (BGREWRITEAOF)",
 )
 
 _CHUNK = 5000

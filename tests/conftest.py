@@ -57,6 +57,39 @@ def new_tenant_id() -> Callable[[str], str]:
     return make
 
 
+def _redis_corpus(url: str, with_dump: bool = True) -> list[tuple[str, bytes]]:
+    """Every key of the server at ``url`` with everything it holds (its values and, with
+    ``with_dump``, its DUMP: the bytes a snapshot or backup of it holds), to search for data
+    that must not be there."""
+    r = redis.Redis.from_url(url)  # bytes, not decoded: values need not be text
+    out: list[tuple[str, bytes]] = []
+    try:
+        for key in r.scan_iter(count=1000):
+            kind = r.type(key).decode()
+            parts: list[bytes] = [key, (r.dump(key) or b"") if with_dump else b""]
+            if kind == "string":
+                parts.append(r.get(key) or b"")
+            elif kind == "hash":
+                parts += [f + b"=" + v for f, v in r.hgetall(key).items()]
+            elif kind == "stream":
+                parts += [repr(fields).encode() for _, fields in r.xrange(key)]
+            elif kind == "list":
+                parts += r.lrange(key, 0, -1)
+            elif kind == "set":
+                parts += list(r.smembers(key))
+            elif kind == "zset":
+                parts += r.zrange(key, 0, -1)
+            out.append((key.decode(errors="replace"), b"\x00".join(parts)))
+    finally:
+        r.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def redis_corpus() -> Callable[[str], list[tuple[str, bytes]]]:
+    return _redis_corpus
+
+
 @pytest.fixture(scope="session")
 def registry(settings: Settings):  # type: ignore[no-untyped-def]
     from models.registry import ModelRegistry

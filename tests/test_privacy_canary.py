@@ -82,31 +82,6 @@ def _needles(canaries: list[dict[str, str]]) -> list[str]:
         c["cn_spaced"] for c in canaries] + [c["name"].split()[0] for c in canaries]
 
 
-def _redis_corpus(url: str) -> list[tuple[str, bytes]]:
-    r = redis.Redis.from_url(url)
-    out: list[tuple[str, bytes]] = []
-    try:
-        for key in r.scan_iter(count=1000):
-            kind = r.type(key).decode()
-            parts: list[bytes] = [key, r.dump(key) or b""]
-            if kind == "string":
-                parts.append(r.get(key) or b"")
-            elif kind == "hash":
-                parts += [f + b"=" + v for f, v in r.hgetall(key).items()]
-            elif kind == "stream":
-                parts += [repr(fields).encode() for _, fields in r.xrange(key)]
-            elif kind == "list":
-                parts += r.lrange(key, 0, -1)
-            elif kind == "set":
-                parts += list(r.smembers(key))
-            elif kind == "zset":
-                parts += [m for m, _ in r.zrange(key, 0, -1, withscores=True)]
-            out.append((f"redis {key!r}", b"\x00".join(parts)))
-    finally:
-        r.close()
-    return out
-
-
 def _file_corpus(root: Path) -> list[tuple[str, bytes]]:
     return [(str(p), p.read_bytes()) for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
@@ -131,7 +106,7 @@ def own_stores(tmp_path: Path) -> Iterator[tuple[Settings, EmbeddedRedis, redis.
 
 def test_canaries_reach_no_redis_key_model_mlflow_store_or_log(
     own_stores: tuple[Settings, EmbeddedRedis, redis.Redis, ModelRegistry], new_tenant_id,
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, redis_corpus,
 ) -> None:
     settings, redis_server, redis_client, registry = own_stores
     caplog.set_level(logging.DEBUG)
@@ -182,7 +157,7 @@ def test_canaries_reach_no_redis_key_model_mlflow_store_or_log(
     assert audit["counts"]["id_number"] == {"CN_RESIDENT_ID": _CANARY_ROWS}
     assert audit["counts"]["notes"]["CN_RESIDENT_ID"] == _CANARY_ROWS
 
-    corpus = _redis_corpus(redis_server.url) + _file_corpus(settings.data_dir)
+    corpus = redis_corpus(redis_server.url) + _file_corpus(settings.data_dir)
     corpus.append(("log records", caplog.text.encode()))
     assert any(name.endswith("mlflow.db") for name, _ in corpus)
     assert any("mlartifacts" in name for name, _ in corpus)
