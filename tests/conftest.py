@@ -57,14 +57,15 @@ def new_tenant_id() -> Callable[[str], str]:
     return make
 
 
-def _redis_corpus(url: str, with_dump: bool = True) -> list[tuple[str, bytes]]:
-    """Every key of the server at ``url`` with everything it holds (its values and, with
-    ``with_dump``, its DUMP: the bytes a snapshot or backup of it holds), to search for data
-    that must not be there."""
+def _redis_corpus(url: str, with_dump: bool = True,
+                  match: str | None = None) -> list[tuple[str, bytes]]:
+    """Every key of the server at ``url`` (or those matching ``match``) with everything it
+    holds (its values and, with ``with_dump``, its DUMP: the bytes a snapshot or backup of it
+    holds), to search for data that must not be there."""
     r = redis.Redis.from_url(url)  # bytes, not decoded: values need not be text
     out: list[tuple[str, bytes]] = []
     try:
-        for key in r.scan_iter(count=1000):
+        for key in r.scan_iter(match=match, count=1000):
             kind = r.type(key).decode()
             parts: list[bytes] = [key, (r.dump(key) or b"") if with_dump else b""]
             if kind == "string":
