@@ -69,9 +69,9 @@ class ErasureReport:
                 "remains": list(self.remains)}
 
 
-def _user_key_part(user_id: str) -> str:
+def _user_key_part(tenant_id: str, user_id: str) -> str:
     try:
-        keys.inbox_stream("x", user_id)
+        keys.user_history(tenant_id, user_id)  # refuses an id no key can hold
     except ValueError as e:
         raise InvalidInputError("user_id", str(e)) from e
     return user_id
@@ -95,7 +95,15 @@ def excluded_from_learning(r: redis.Redis, tenant_id: str, user_ids: Iterable[st
     """The users of ``user_ids`` whose data may not be trained on or scored: those who took
     back profiling consent and those erased."""
     ids = list(dict.fromkeys(str(u) for u in user_ids))
-    return consent.denied_users(r, tenant_id, "profiling", ids) | erased_users(r, tenant_id, ids)
+    if not ids:
+        return set()
+    # One round trip in the usual case (no erasures): /v1/score calls this per request.
+    pipe = r.pipeline(transaction=False)
+    pipe.hmget(keys.consent_denied(tenant_id, "profiling"), ids)
+    pipe.exists(keys.erased_users(tenant_id))
+    refused, has_erasures = pipe.execute()
+    out = {u for u, v in zip(ids, refused, strict=True) if v is not None}
+    return out | erased_users(r, tenant_id, ids) if has_erasures else out
 
 
 def erasure_count(r: redis.Redis, tenant_id: str) -> int:
@@ -171,7 +179,7 @@ def export_user(r: redis.Redis, tenant_id: str, user_id: str,
     from pipeline.onlinefeatures import history_events
 
     tenants.get_tenant(r, tenant_id)
-    user_id = _user_key_part(user_id)
+    user_id = _user_key_part(tenant_id, user_id)
     if erased_users(r, tenant_id, [user_id]):
         return None
     held = _held(r, tenant_id, user_id)
@@ -218,14 +226,13 @@ def erase_user(r: redis.Redis, tenant_id: str, user_id: str, *, actor: str) -> E
     more. The erasure is recorded in the tenant's privacy audit with counts only.
     """
     tenants.get_tenant(r, tenant_id)
-    user_id = _user_key_part(user_id)
+    user_id = _user_key_part(tenant_id, user_id)
     actor = actor.strip() or "unknown"
     secret = tenants.tenant_secret(r, tenant_id)
     # The tombstone first: if the rest is cut short, the user is already kept out of training.
     r.hsetnx(keys.erased_users(tenant_id), _digest(secret, user_id),
              json.dumps({"at": time.time(), "actor": actor}))
     held = _held(r, tenant_id, user_id)
-    removed: dict[str, int] = {}
     pipe = r.pipeline(transaction=False)
     for lane, entries in held.queued.items():
         ids = [i for i, _ in entries]

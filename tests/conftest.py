@@ -9,9 +9,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import json
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,47 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.redis_server import EmbeddedRedis, connect
+
+
+class Endpoint:
+    """A tenant's webhook endpoint on a local HTTP server: answers each push with the next
+    status scripted for it (then ``default``); "timeout" stalls for a second."""
+
+    def __init__(self) -> None:
+        self.script: dict[str, list[int | str]] = {}
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.default = 200
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                endpoint.requests.append((dict(self.headers), body))
+                plan = endpoint.script.get(json.loads(body)["push_id"], [])
+                answer = plan.pop(0) if plan else endpoint.default
+                if answer == "timeout":
+                    time.sleep(1.0)
+                    answer = 200
+                self.send_response(int(answer))
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    server = Endpoint()
+    yield server
+    server.close()
 
 
 def free_port() -> int:

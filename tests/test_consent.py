@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -159,36 +157,6 @@ def test_another_tenants_same_user_is_not_touched(redis_client, tenant, new_tena
     assert inbox(redis_client, tenant, "u0") == []
 
 
-class _Endpoint:
-    """The tenant's webhook endpoint: records the push ids it is sent, answers 200."""
-
-    def __init__(self) -> None:
-        self.push_ids: list[str] = []
-        received = self.push_ids
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body)["push_id"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def endpoint() -> Iterator[_Endpoint]:
-    server = _Endpoint()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
 def test_a_webhook_marketing_push_to_an_opted_out_user_is_never_sent(redis_client, tenant, endpoint):
     tenants.set_webhook_url(redis_client, tenant, endpoint.url)
     consent.record_consent(redis_client, tenant, "u0", {"marketing": "denied"}, source="banner",
@@ -202,6 +170,6 @@ def test_a_webhook_marketing_push_to_an_opted_out_user_is_never_sent(redis_clien
                             channels={"webhook": WebhookChannel(redis_client)})
     drain(worker)
 
-    assert sorted(endpoint.push_ids) == ["m1", "t0"]
+    assert sorted(json.loads(body)["push_id"] for _, body in endpoint.requests) == ["m1", "t0"]
     trail = status_trail(redis_client, tenant, "m0")
     assert trail[-1]["status"] == "suppressed" and trail[-1]["rule"] == "consent"

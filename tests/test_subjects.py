@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import secrets
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -55,34 +53,15 @@ def _populate(r: redis.Redis, tenant_id: str, users: list[str], email: str, refu
 
 
 @pytest.fixture
-def refusing_url() -> Iterator[str]:
-    """The tenant's webhook endpoint, standing in for one that rejects every push with 400."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(400)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 def world(redis_client: redis.Redis, new_tenant_id: Callable[[str], str],
-          refusing_url: str) -> tuple[str, str, str, list[str]]:
+          endpoint) -> tuple[str, str, str, list[str]]:
+    endpoint.default = 400  # the tenant's endpoint refuses every push
     mine, theirs = new_tenant_id("dsr"), new_tenant_id("dsr-b")
     person = f"person-{secrets.token_hex(4)}"
     others = [f"other-{i}" for i in range(3)]
     for tenant_id in (mine, theirs):
         tenants.create_tenant(redis_client, tenant_id)
-        _populate(redis_client, tenant_id, [person, *others], f"{person}@mail.example.com", refusing_url)
+        _populate(redis_client, tenant_id, [person, *others], f"{person}@mail.example.com", endpoint.url)
     return mine, theirs, person, others
 
 

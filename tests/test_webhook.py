@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,45 +14,6 @@ from pipeline.delivery import DeliveryWorker
 from pipeline.outbox import Push, enqueue
 from pipeline.receipts import DEFAULT_RETENTION_SECONDS, status_counts, status_trail
 from pipeline.redis_server import connect
-
-
-class Endpoint:
-    """Answers each push with the next status scripted for it (then 200); "timeout" stalls."""
-
-    def __init__(self) -> None:
-        self.script: dict[str, list[int | str]] = {}
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                endpoint.requests.append((dict(self.headers), body))
-                plan = endpoint.script.get(json.loads(body)["push_id"], [])
-                answer = plan.pop(0) if plan else 200
-                if answer == "timeout":
-                    time.sleep(1.0)
-                    answer = 200
-                self.send_response(int(answer))
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    server = Endpoint()
-    yield server
-    server.close()
 
 
 @pytest.fixture
