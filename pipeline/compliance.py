@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 import redis
 
-from pipeline import consent, keys, tenants
+from pipeline import consent, keys, retention
 from pipeline.events import DEDUPE_WINDOW_SECONDS, EVENTS_MAX_LEN
 from pipeline.onlinefeatures import HISTORY_MAX_EVENTS
 from pipeline.receipts import DEFAULT_RETENTION_SECONDS
@@ -43,7 +44,7 @@ def _policy_versions(r: redis.Redis, tenant_id: str) -> tuple[int, Counter[str]]
 def compliance_report(r: redis.Redis, tenant_id: str, *, inbox_max_len: int,
                       receipt_retention_seconds: int = DEFAULT_RETENTION_SECONDS) -> dict[str, Any]:
     """Data held, retention, consent coverage, data-subject requests and policy versions."""
-    tenants.get_tenant(r, tenant_id)
+    policy = retention.get_policy(r, tenant_id)
     pipe = r.pipeline(transaction=False)
     for key in (keys.user_features(tenant_id), keys.user_profiles(tenant_id), keys.send_hours(tenant_id),
                 keys.quarantine(tenant_id), *(keys.consent_denied(tenant_id, p) for p in consent.PURPOSES)):
@@ -72,13 +73,16 @@ def compliance_report(r: redis.Redis, tenant_id: str, *, inbox_max_len: int,
             "quarantined_users": int(quarantined),
         },
         "retention": {
-            "receipts_seconds": int(receipt_retention_seconds),
+            "policy_days": asdict(policy),
+            "last_sweep": retention.last_sweep(r, tenant_id),
+            "receipts_seconds_at_most": int(receipt_retention_seconds),
             "inbox_entries_per_user": int(inbox_max_len),
             "events_in_stream_max": EVENTS_MAX_LEN,
             "events_per_user_history_max": HISTORY_MAX_EVENTS,
             "event_ids_for_deduplication_seconds": DEDUPE_WINDOW_SECONDS,
-            "note": "limits by count, not age, except receipts and event ids; an age-based "
-                    "sweeper is not built yet",
+            "consent_ledger": "kept: the proof of what each user agreed to",
+            "note": "ages apply when `pushpilot compliance sweep` runs; the count limits and "
+                    "the receipts' TTL always apply",
         },
         "consent": {
             "users_with_a_ledger": with_ledger,

@@ -34,11 +34,13 @@ __all__ = [
     "user_frequency",
     "user_features",
     "user_history",
+    "user_history_prefix",
     "user_profiles",
     "quarantine",
     "consent_ledger",
     "consent_denied",
     "erased_users",
+    "retention",
     "privacy_policy",
     "privacy_audit",
     "traffic_counts",
@@ -165,7 +167,7 @@ def user_features(tenant_id: str) -> str:
 
 def user_history(tenant_id: str, user_id: str) -> str:
     """String: the user's ingested events, packed records appended on arrival (onlinefeatures)."""
-    return f"{_tenant(tenant_id)}:history:{_part('user_id', user_id)}"
+    return f"{user_history_prefix(tenant_id)}{_part('user_id', user_id)}"
 
 
 def user_profiles(tenant_id: str) -> str:
@@ -193,6 +195,17 @@ def erased_users(tenant_id: str) -> str:
     """Hash: HMAC of an erased user's id under the tenant secret -> JSON (time, actor); the
     tombstones of ``pipeline.subjects``, which never hold the id itself."""
     return f"{_tenant(tenant_id)}:erased"
+
+
+def retention(tenant_id: str) -> str:
+    """Hash: the tenant's retention policy (``policy``, JSON of ages in days) and the report of
+    its latest sweep (``last_sweep``); see ``pipeline.retention``."""
+    return f"{_tenant(tenant_id)}:retention"
+
+
+def user_history_prefix(tenant_id: str) -> str:
+    """``user_history(tenant_id, u)`` is this plus ``u``: to find every user's history."""
+    return f"{_tenant(tenant_id)}:history:"
 
 
 def inbox_cursor(tenant_id: str, user_id: str) -> str:

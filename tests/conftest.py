@@ -10,6 +10,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import json
+import secrets
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import redis
 
@@ -167,3 +169,62 @@ def serve_app(settings: Settings, redis_server: EmbeddedRedis, ray_session: None
     start_serve(settings, ServingArgs.from_settings(settings, redis_server.app_url))
     yield settings.http_url
     serve.shutdown()
+
+
+#: When the events of ``populate_user_data`` start.
+T0 = pd.Timestamp("2026-11-01", tz="UTC").timestamp()
+
+
+def populate_user_data(r: redis.Redis, tenant_id: str, users: list[str], email: str, refusing_url: str) -> None:
+    """Profiles (an e-mail pseudonymised), events, features, inbox, queued and dead pushes,
+    frequency counters, a campaign assignment, quarantine and consent, for every user."""
+    from pipeline import consent, keys, tenants
+    from pipeline.channels.webhook import WebhookChannel
+    from pipeline.delivery import DeliveryWorker
+    from pipeline.events import ingest_events
+    from pipeline.featurestore import store_profiles
+    from pipeline.guard import quarantine_users
+    from pipeline.outbox import Push, enqueue
+    from pipeline.privacy import anonymize_table
+
+    secret = tenants.tenant_secret(r, tenant_id)
+    profiles = pd.DataFrame({"user_id": users, "email": [email] + [f"{u}@example.org" for u in users[1:]],
+                             "timezone": "UTC"})
+    safe, _ = anonymize_table(profiles, secret)
+    store_profiles(r, tenant_id, safe)
+    ingest_events(r, tenant_id, [
+        (secrets.token_hex(8), u, T0 + 3600 * i + j, kind, 12.5 if kind == "purchase" else None)
+        for j, u in enumerate(users) for i, kind in enumerate(("session_start", "view", "purchase"))
+    ], now=T0 + 86_400)
+    tenants.set_plan(r, tenant_id, tenants.Plan(marketing_per_user_per_day=10))
+    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-m", user_id=u, lane="marketing", body="hi")
+                for u in users])
+    DeliveryWorker(r, [tenant_id], consumer="w").deliver_once()
+    # A webhook push the tenant's endpoint refuses (4xx): dead-lettered at once.
+    tenants.set_webhook_url(r, tenant_id, refusing_url)
+    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-x", user_id=u, channel="webhook", body="x",
+                     lane="transactional") for u in users])
+    DeliveryWorker(r, [tenant_id], consumer="w2", channels={"webhook": WebhookChannel(r)}).deliver_once()
+    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-q", user_id=u, body="later") for u in users])
+    r.hset(keys.campaign_arms(tenant_id, "spring", "r1"), mapping={u: "a" for u in users})
+    quarantine_users(r, tenant_id, users[:1], reason="test")
+    for u in users:
+        consent.record_consent(r, tenant_id, u, {"marketing": "granted"}, source="banner",
+                               policy_version="v1")
+
+
+@pytest.fixture
+def world(redis_client: redis.Redis, new_tenant_id: Callable[[str], str],
+          endpoint: Endpoint) -> tuple[str, str, str, list[str]]:
+    """Two tenants holding the same users and data (``populate_user_data``): (mine, theirs,
+    the person, the others)."""
+    from pipeline import tenants
+
+    endpoint.default = 400  # the tenant's endpoint refuses every push
+    mine, theirs = new_tenant_id("dsr"), new_tenant_id("dsr-b")
+    person = f"person-{secrets.token_hex(4)}"
+    others = [f"other-{i}" for i in range(3)]
+    for tenant_id in (mine, theirs):
+        tenants.create_tenant(redis_client, tenant_id)
+        populate_user_data(redis_client, tenant_id, [person, *others], f"{person}@mail.example.com", endpoint.url)
+    return mine, theirs, person, others

@@ -106,3 +106,32 @@ def test_export_and_erase_a_user(cli):
     assert report["data_subject_requests"]["exports"] == 2 and "leaver" not in json.dumps(report)
     unknown = cli("compliance", "report", "--tenant", "ghost")
     assert unknown.returncode == 2 and "no tenant 'ghost'" in unknown.stderr
+
+
+def test_retention_is_shown_set_and_swept_and_bad_input_changes_nothing(cli):
+    unset = {"tenant_id": "acme", "events_days": None, "receipts_days": None, "inbox_days": None}
+    assert _json(cli("compliance", "retention", "--tenant", "acme")) == unset
+    policy = _json(cli("compliance", "retention", "--tenant", "acme", "--events-days", "30",
+                       "--inbox-days", "7"))
+    assert policy == {**unset, "events_days": 30, "inbox_days": 7}
+    too_long = cli("compliance", "retention", "--tenant", "acme", "--receipts-days", "4000")
+    assert too_long.returncode == 2 and "receipts_days" in too_long.stderr
+    assert _json(cli("compliance", "retention", "--tenant", "acme")) == policy
+
+    swept = cli("compliance", "sweep")
+    assert swept.returncode == 0, swept.stderr
+    reports = [json.loads(line) for line in swept.stdout.splitlines()]
+    assert [r["tenant_id"] for r in reports] == ["acme"]  # only tenants with a policy
+    assert "sweeping acme: event histories" in swept.stderr
+    assert set(reports[0]["removed"]) == {"events_in_stream", "history_events", "histories_emptied",
+                                          "inbox_entries"}
+    held = _json(cli("compliance", "report", "--tenant", "acme"))["retention"]
+    assert held["policy_days"] == {"events_days": 30, "receipts_days": None, "inbox_days": 7}
+    assert held["last_sweep"]["removed"] == reports[0]["removed"]
+    unknown = cli("compliance", "sweep", "--tenant", "ghost")
+    assert unknown.returncode == 2 and "no tenant 'ghost'" in unknown.stderr
+    cleared = _json(cli("compliance", "retention", "--tenant", "acme", "--events-days", "0",
+                        "--inbox-days", "0"))
+    assert cleared == unset
+    nothing = cli("compliance", "sweep")
+    assert nothing.returncode == 2 and "no tenant has a retention policy" in nothing.stderr

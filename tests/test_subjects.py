@@ -2,67 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable
-
-import pandas as pd
 import pytest
-import redis
 
-from pipeline import consent, keys, subjects, tenants
-from pipeline.channels.webhook import WebhookChannel
-from pipeline.delivery import DeliveryWorker
+from pipeline import consent, keys, subjects
 from pipeline.errors import InvalidInputError, UnknownTenantError
-from pipeline.events import ingest_events
-from pipeline.featurestore import store_profiles
-from pipeline.guard import quarantine_users
-from pipeline.outbox import Push, enqueue
-from pipeline.privacy import anonymize_table, recent_audits
+from pipeline.privacy import recent_audits
 from pipeline.redis_server import EmbeddedRedis
-
-T0 = pd.Timestamp("2026-11-01", tz="UTC").timestamp()
-
-
-def _populate(r: redis.Redis, tenant_id: str, users: list[str], email: str, refusing_url: str) -> None:
-    """Profiles (an e-mail pseudonymised), events, features, inbox, queued and dead pushes,
-    frequency counters, a campaign assignment, quarantine and consent, for every user."""
-    secret = tenants.tenant_secret(r, tenant_id)
-    profiles = pd.DataFrame({"user_id": users, "email": [email] + [f"{u}@example.org" for u in users[1:]],
-                             "timezone": "UTC"})
-    safe, _ = anonymize_table(profiles, secret)
-    store_profiles(r, tenant_id, safe)
-    ingest_events(r, tenant_id, [
-        (secrets.token_hex(8), u, T0 + 3600 * i + j, kind, 12.5 if kind == "purchase" else None)
-        for j, u in enumerate(users) for i, kind in enumerate(("session_start", "view", "purchase"))
-    ], now=T0 + 86_400)
-    tenants.set_plan(r, tenant_id, tenants.Plan(marketing_per_user_per_day=10))
-    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-m", user_id=u, lane="marketing", body="hi")
-                for u in users])
-    DeliveryWorker(r, [tenant_id], consumer="w").deliver_once()
-    # A webhook push the tenant's endpoint refuses (4xx): dead-lettered at once.
-    tenants.set_webhook_url(r, tenant_id, refusing_url)
-    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-x", user_id=u, channel="webhook", body="x",
-                     lane="transactional") for u in users])
-    DeliveryWorker(r, [tenant_id], consumer="w2", channels={"webhook": WebhookChannel(r)}).deliver_once()
-    enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-q", user_id=u, body="later") for u in users])
-    r.hset(keys.campaign_arms(tenant_id, "spring", "r1"), mapping={u: "a" for u in users})
-    quarantine_users(r, tenant_id, users[:1], reason="test")
-    for u in users:
-        consent.record_consent(r, tenant_id, u, {"marketing": "granted"}, source="banner",
-                               policy_version="v1")
-
-
-@pytest.fixture
-def world(redis_client: redis.Redis, new_tenant_id: Callable[[str], str],
-          endpoint) -> tuple[str, str, str, list[str]]:
-    endpoint.default = 400  # the tenant's endpoint refuses every push
-    mine, theirs = new_tenant_id("dsr"), new_tenant_id("dsr-b")
-    person = f"person-{secrets.token_hex(4)}"
-    others = [f"other-{i}" for i in range(3)]
-    for tenant_id in (mine, theirs):
-        tenants.create_tenant(redis_client, tenant_id)
-        _populate(redis_client, tenant_id, [person, *others], f"{person}@mail.example.com", endpoint.url)
-    return mine, theirs, person, others
 
 
 def test_export_holds_everything_kept_about_the_user_and_only_theirs(redis_client, world):
