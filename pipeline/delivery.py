@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 
-from pipeline import keys, receipts
+from pipeline import keys, receipts, subjects
 from pipeline.channels import Channel, SendResult
 from pipeline.channels.webhook import WebhookChannel
 from pipeline.outbox import entry_message
@@ -56,6 +56,14 @@ _MAX_READ = 4000
 _BLOCKING_RULES = {"x": "quarantine", "n": "consent"}
 # How long a pass that found only a few pushes waits before the next (see run).
 _LINGER_SECONDS = 0.002
+
+# An entry no longer in its outbox was taken back while a worker held it (an erasure deletes
+# the user's entries): nothing of it may be written again, so the worker only acknowledges it.
+_TAKEN_BACK_LUA = """
+local function is_taken_back(outbox, entry_id)
+  return #redis.call('XRANGE', outbox, entry_id, entry_id) == 0
+end
+"""
 
 # Shared by both inbox scripts. ``call`` is redis.call or redis.pcall.
 _INBOX_LUA = """
@@ -102,7 +110,7 @@ end
 #       'q' quiet hours now;
 #       'c|<day field>|<week field>|<cap per day>|<cap per week>' frequency caps)
 # Returns how many entries it handled.
-_DELIVER_INBOX = StatusScript(_INBOX_LUA + """
+_DELIVER_INBOX = StatusScript(_INBOX_LUA + _TAKEN_BACK_LUA + """
 local now, retention, max_len = ARGV[1], ARGV[2], ARGV[3]
 local entry_ids, announced, delivered, suppressed = {}, {}, 0, 0
 for i = 0, (#KEYS - 3) / 3 - 1 do
@@ -111,7 +119,7 @@ for i = 0, (#KEYS - 3) / 3 - 1 do
   local user, policy = ARGV[a + 2], ARGV[a + 5]
   local record = load_record(status_key)
   -- An earlier attempt that delivered or suppressed it died before acking: ack only.
-  if not is_final(record) then
+  if not is_final(record) and not is_taken_back(KEYS[2], ARGV[a + 1]) then
     local rule = false
     if policy == 'x' then
       rule = 'quarantine'
@@ -165,7 +173,12 @@ return #entry_ids
 # ARGV: entry id, now, retention, max tries, reason, push id, base backoff ms, jitter (0.5-1),
 #       entry JSON, is_permanent ('1': dead now, whatever the tries)
 # Returns -1 while the push waits out its backoff, 0 when it will be retried, 1 when dead.
-_FAIL = StatusScript("""
+_FAIL = StatusScript(_TAKEN_BACK_LUA + """
+if is_taken_back(KEYS[3], ARGV[1]) then
+  redis.call('DEL', KEYS[5])
+  redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
+  return 1
+end
 if redis.call('TYPE', KEYS[1]).ok == 'hash' and redis.call('EXISTS', KEYS[5]) == 0 then
   -- A record from before 0.2 kept the retry state in itself: carry it over, once (a hash
   -- without a trail stays a hash until the push ends).
@@ -211,7 +224,12 @@ return 1
 
 # A channel's push was sent: record it and acknowledge the entry.
 # KEYS: status, counts, outbox, retry state; ARGV: entry id, now, retention, extra JSON
-_SENT = StatusScript("""
+_SENT = StatusScript(_TAKEN_BACK_LUA + """
+if is_taken_back(KEYS[3], ARGV[1]) then  -- sent, but the push was erased meanwhile
+  redis.call('DEL', KEYS[4])
+  redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
+  return 1
+end
 mark(KEYS[1], KEYS[2], 'delivered', ARGV[2], ARGV[4])
 retain(KEYS[1], ARGV[3])
 redis.call('HDEL', KEYS[4], 'retry_at')
@@ -222,9 +240,10 @@ return 1
 
 # A channel's marketing push a rule stops (quarantine, consent): record why and acknowledge it.
 # KEYS: status, counts, outbox; ARGV: entry id, now, retention, rule
-_SUPPRESS = StatusScript("""
+_SUPPRESS = StatusScript(_TAKEN_BACK_LUA + """
 local record = load_record(KEYS[1])
-if not (has_status(record, 'delivered') or has_status(record, 'suppressed')) then
+local is_over = has_status(record, 'delivered') or has_status(record, 'suppressed')
+if not (is_over or is_taken_back(KEYS[3], ARGV[1])) then
   mark(KEYS[1], KEYS[2], 'suppressed', ARGV[2], cjson.encode({rule = ARGV[4]}))
   retain(KEYS[1], ARGV[3])
 end
@@ -252,7 +271,8 @@ return 1
 # fail on a damaged key is a pcall whose entry then goes to the worker (which logs why), and
 # each lane's bookkeeping is finished before the next lane is read.
 # KEYS: bucket, transactional outbox, marketing outbox, counts, inbox channel, quarantine,
-#       users who took back marketing consent
+#       users who took back marketing consent, erasure tombstones (a tenant with erasures has
+#       its marketing pushes go through the worker, which can tell an erased user's id)
 # ARGV: group, consumer, batch, rate, burst, now, retention, inbox max len, is_acking ('1'/'0'),
 #       is_marketing_direct ('1'/'0'), inbox key prefix, status key prefix
 # Returns {transactional entries, marketing entries, ms until a token if throttled with backlog,
@@ -279,7 +299,7 @@ end
 local out, n, handled, errors = {{}, {}}, 0, 0, {}
 for i = 1, 2 do
   if n < budget then
-    local is_direct = i == 1 or ARGV[10] == '1'
+    local is_direct = i == 1 or (ARGV[10] == '1' and redis.call('EXISTS', KEYS[8]) == 0)
     -- Entries this script delivers are never pending, so it reads them without the pending
     -- list's bookkeeping (NOACK) and puts only the ones it leaves to the worker there.
     local reply
@@ -542,7 +562,8 @@ class DeliveryWorker:
             script_keys = [keys.rate_bucket(tenant_id),
                            *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES),
                            keys.status_counts(tenant_id), keys.inbox_channel(tenant_id),
-                           keys.quarantine(tenant_id), keys.consent_denied(tenant_id, "marketing")]
+                           keys.quarantine(tenant_id), keys.consent_denied(tenant_id, "marketing"),
+                           keys.erased_users(tenant_id)]
             # A weighty tenant's share comes in scripts of at most _CHUNK entries each, so no
             # one script holds the server for long (the noisy neighbour's latency).
             for start in range(0, budget, _CHUNK):
@@ -753,10 +774,14 @@ class DeliveryWorker:
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(keys.quarantine(tenant_id), users)
         pipe.hmget(keys.consent_denied(tenant_id, "marketing"), users)
-        held, refused = pipe.execute()
+        pipe.exists(keys.erased_users(tenant_id))
+        held, refused, has_erasures = pipe.execute()
         blocked = {user: "x" if q is not None else "n"
                    for user, q, c in zip(users, held, refused, strict=True)
                    if q is not None or c is not None}
+        if has_erasures:
+            blocked |= {user: "n" for user in self._erased_without_consent(tenant_id, users)
+                        if user not in blocked}
         plan = self.plan(tenant_id)
         if plan is None or not plan.has_marketing_rules:
             return [blocked.get(fields["user_id"], "") for _, fields in entries]
@@ -778,6 +803,18 @@ class DeliveryWorker:
                 policies.append("")
         return policies
 
+    def _erased_without_consent(self, tenant_id: str, users: Sequence[str]) -> list[str]:
+        """The erased users who recorded no consent since: marketing to them stays stopped (the
+        erasure removed their refusal with everything else) until they grant it again."""
+        erased = sorted(subjects.erased_users(self.r, tenant_id, users))
+        if not erased:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for user in erased:
+            pipe.exists(keys.consent_ledger(tenant_id, user))
+        return [user for user, has_ledger in zip(erased, pipe.execute(), strict=True)
+                if not has_ledger]
+
     def _zone(self, raw_profile: str | None) -> ZoneInfo:
         name = "UTC"
         if raw_profile:
@@ -797,15 +834,20 @@ class DeliveryWorker:
         """Send what is due through the channel, in the background; the calls that acknowledge
         entries whose push already reached its end."""
         pipe = self.r.pipeline(transaction=False)
-        for _, _, _, (_, fields) in items:
+        for _, _, stream, (entry_id, fields) in items:
             pipe.get(keys.push_status(tenant_id, fields["push_id"]))
             pipe.hget(keys.push_retry(tenant_id, fields["push_id"]), "retry_at")
+            pipe.xrange(stream, entry_id, entry_id)
         replies = pipe.execute(raise_on_error=False)
         calls: list[ScriptCall] = []
         due: list[_Work] = []
-        for item, record, retry_at in zip(items, replies[::2], replies[1::2], strict=True):
+        for item, record, retry_at, held in zip(items, replies[::3], replies[1::3], replies[2::3],
+                                                strict=True):
             if isinstance(retry_at, Exception):
                 raise retry_at
+            if held == []:  # taken back (erased) while this worker held it: never sent
+                calls.append((_ACK_ONLY, [item[2]], [item[3][0]]))
+                continue
             if record is None or isinstance(record, str):
                 statuses = {line.split("|", 1)[0] for line in (record or "").split("\n")}
             else:  # a hash record of a version before 0.2: its retry state is in it too

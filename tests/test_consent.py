@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from pipeline import consent, keys, tenants
+from pipeline import consent, keys, subjects, tenants
 from pipeline.channels.webhook import WebhookChannel
 from pipeline.delivery import DeliveryWorker
 from pipeline.errors import InvalidInputError
@@ -173,3 +173,58 @@ def test_a_webhook_marketing_push_to_an_opted_out_user_is_never_sent(redis_clien
     assert sorted(json.loads(body)["push_id"] for _, body in endpoint.requests) == ["m1", "t0"]
     trail = status_trail(redis_client, tenant, "m0")
     assert trail[-1]["status"] == "suppressed" and trail[-1]["rule"] == "consent"
+
+
+@pytest.mark.parametrize("path", ["direct", "rules"])
+def test_marketing_to_an_erased_user_stays_stopped_until_they_grant_it_again(
+    redis_client, tenant, new_tenant_id, path,
+):
+    if path == "rules":
+        _plan_with_rules(redis_client, tenant)
+    other = new_tenant_id("consent-b")
+    tenants.create_tenant(redis_client, other)
+    consent.record_consent(redis_client, tenant, "u0", {"marketing": "denied"}, source="banner",
+                           policy_version=V1)
+    subjects.erase_user(redis_client, tenant, "u0", actor="test")  # the refusal goes with the rest
+    enqueue(redis_client, [
+        Push(tenant_id=tenant, push_id="m0", user_id="u0", lane="marketing", body="sale"),
+        Push(tenant_id=tenant, push_id="m1", user_id="u1", lane="marketing", body="sale"),
+        Push(tenant_id=tenant, push_id="t0", user_id="u0", lane="transactional", body="your code"),
+        Push(tenant_id=other, push_id="m0", user_id="u0", lane="marketing", body="sale"),
+    ])
+    worker = DeliveryWorker(redis_client, [tenant, other], consumer="w")
+    drain(worker)
+
+    assert inbox(redis_client, tenant, "u0") == ["t0"] and inbox(redis_client, tenant, "u1") == ["m1"]
+    assert status_trail(redis_client, tenant, "m0")[-1] | {"at": 0} == {
+        "status": "suppressed", "rule": "consent", "at": 0}
+    assert inbox(redis_client, other, "u0") == ["m0"]  # another tenant's same id: not erased there
+
+    consent.record_consent(redis_client, tenant, "u0", {"marketing": "granted"}, source="signup",
+                           policy_version=V1)
+    enqueue(redis_client, [Push(tenant_id=tenant, push_id="m2", user_id="u0", lane="marketing", body="hi")])
+    drain(worker)
+    assert inbox(redis_client, tenant, "u0") == ["t0", "m2"]
+
+
+@pytest.mark.parametrize("channel", ["inbox", "webhook"])
+def test_a_push_erased_while_a_worker_holds_it_is_neither_delivered_nor_recorded(
+    redis_client, tenant, endpoint, channel,
+):
+    _plan_with_rules(redis_client, tenant)  # marketing inbox pushes go through the worker
+    tenants.set_webhook_url(redis_client, tenant, endpoint.url)
+    enqueue(redis_client, [Push(tenant_id=tenant, push_id="m0", user_id="u0", lane="marketing",
+                                channel=channel, body="sale")])
+    worker = DeliveryWorker(redis_client, [tenant], consumer="w",
+                            channels={"webhook": WebhookChannel(redis_client)})
+    held, _, _ = worker._read([tenant], 0)  # the worker holds the entry, as between its steps
+    assert [w[3][1]["push_id"] for w in held] == ["m0"]
+
+    assert subjects.erase_user(redis_client, tenant, "u0", actor="test").removed["queued_pushes"] == 1
+    worker._deliver(held)
+
+    assert endpoint.requests == [] and inbox(redis_client, tenant, "u0") == []
+    assert not redis_client.exists(keys.push_status(tenant, "m0"), keys.push_retry(tenant, "m0"),
+                                   keys.inbox_stream(tenant, "u0"))
+    stream = keys.outbox_stream(tenant, "marketing")
+    assert redis_client.xpending(stream, "delivery")["pending"] == 0
