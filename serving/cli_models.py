@@ -36,11 +36,26 @@ def _known_tenant(tenant: str) -> None:
 
 def _excluded(tenant: str, user_ids: pd.Series) -> set[str]:
     """The users of ``user_ids`` whose data may not be learnt from (profiling consent taken
-    back, or erased); stderr says how many."""
+    back, or erased); stderr says how many. A file's id is matched as given and as the API
+    stores it (a PII-shaped id under its pseudonym), since consent is recorded under the latter."""
+    from pipeline import tenants
+    from pipeline.errors import InvalidInputError
+    from pipeline.privacy import tenant_policy
+    from pipeline.privacy.edge import EdgeScreen
     from pipeline.subjects import excluded_from_learning
 
+    given = user_ids.astype(str).unique().tolist()
+    screen = EdgeScreen()
     with redis_client() as r:
-        out = excluded_from_learning(r, tenant, user_ids.astype(str).unique().tolist())
+        policy, secret = tenant_policy(r, tenant), tenants.tenant_secret(r, tenant)
+        stored = {}
+        for user in given:
+            try:
+                stored[user] = screen.user_id(user, policy, secret, "user_id")
+            except InvalidInputError:  # an id the API refuses was never stored in another form
+                stored[user] = user
+        held = excluded_from_learning(r, tenant, [*given, *(s for u, s in stored.items() if s != u)])
+    out = {user for user in given if user in held or stored[user] in held}
     if out:
         typer.echo(f"left out {len(out)} users who took back profiling consent or were erased",
                    err=True)
