@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 
-from pipeline import keys, receipts, subjects
+from pipeline import consent, keys, receipts, subjects
 from pipeline.channels import Channel, SendResult
 from pipeline.channels.webhook import WebhookChannel
 from pipeline.outbox import entry_message
@@ -271,8 +271,9 @@ return 1
 # fail on a damaged key is a pcall whose entry then goes to the worker (which logs why), and
 # each lane's bookkeeping is finished before the next lane is read.
 # KEYS: bucket, transactional outbox, marketing outbox, counts, inbox channel, quarantine,
-#       users who took back marketing consent, erasure tombstones (a tenant with erasures has
-#       its marketing pushes go through the worker, which can tell an erased user's id)
+#       users who took back marketing consent, erasure tombstones, topic and channel refusals
+#       (a tenant with erasures or topic/channel refusals has its marketing pushes go through
+#       the worker, which can tell an erased id and reads each push's topic)
 # ARGV: group, consumer, batch, rate, burst, now, retention, inbox max len, is_acking ('1'/'0'),
 #       is_marketing_direct ('1'/'0'), inbox key prefix, status key prefix
 # Returns {transactional entries, marketing entries, ms until a token if throttled with backlog,
@@ -299,7 +300,7 @@ end
 local out, n, handled, errors = {{}, {}}, 0, 0, {}
 for i = 1, 2 do
   if n < budget then
-    local is_direct = i == 1 or (ARGV[10] == '1' and redis.call('EXISTS', KEYS[8]) == 0)
+    local is_direct = i == 1 or (ARGV[10] == '1' and redis.call('EXISTS', KEYS[8], KEYS[9]) == 0)
     -- Entries this script delivers are never pending, so it reads them without the pending
     -- list's bookkeeping (NOACK) and puts only the ones it leaves to the worker there.
     local reply
@@ -563,7 +564,7 @@ class DeliveryWorker:
                            *(keys.outbox_stream(tenant_id, lane) for lane in keys.LANES),
                            keys.status_counts(tenant_id), keys.inbox_channel(tenant_id),
                            keys.quarantine(tenant_id), keys.consent_denied(tenant_id, "marketing"),
-                           keys.erased_users(tenant_id)]
+                           keys.erased_users(tenant_id), keys.consent_denied_scoped(tenant_id)]
             # A weighty tenant's share comes in scripts of at most _CHUNK entries each, so no
             # one script holds the server for long (the noisy neighbour's latency).
             for start in range(0, budget, _CHUNK):
@@ -775,23 +776,29 @@ class DeliveryWorker:
         pipe.hmget(keys.quarantine(tenant_id), users)
         pipe.hmget(keys.consent_denied(tenant_id, "marketing"), users)
         pipe.exists(keys.erased_users(tenant_id))
-        held, refused, has_erasures = pipe.execute()
+        pipe.exists(keys.consent_denied_scoped(tenant_id))
+        held, refused, has_erasures, has_scoped = pipe.execute()
         blocked = {user: "x" if q is not None else "n"
                    for user, q, c in zip(users, held, refused, strict=True)
                    if q is not None or c is not None}
         if has_erasures:
             blocked |= {user: "n" for user in self._erased_without_consent(tenant_id, users)
                         if user not in blocked}
+        # Per push: the user refused its topic or its channel.
+        refused_push = self._scoped_refusals(tenant_id, entries) if has_scoped else set()
         plan = self.plan(tenant_id)
         if plan is None or not plan.has_marketing_rules:
-            return [blocked.get(fields["user_id"], "") for _, fields in entries]
+            return [blocked.get(fields["user_id"], "n" if entry_id in refused_push else "")
+                    for entry_id, fields in entries]
         profiles = self.r.hmget(keys.user_profiles(tenant_id), users)
         zones = {user: self._zone(raw) for user, raw in zip(users, profiles, strict=True)}
         policies = []
-        for _, fields in entries:
+        for entry_id, fields in entries:
             local = datetime.fromtimestamp(now, zones[fields["user_id"]])
             if fields["user_id"] in blocked:
                 policies.append(blocked[fields["user_id"]])
+            elif entry_id in refused_push:
+                policies.append("n")
             elif _is_quiet(plan, local.hour):
                 policies.append("q")
             elif plan.marketing_per_user_per_day or plan.marketing_per_user_per_week:
@@ -802,6 +809,16 @@ class DeliveryWorker:
             else:
                 policies.append("")
         return policies
+
+    def _scoped_refusals(self, tenant_id: str, entries: Sequence[_Entry]) -> set[str]:
+        """The entries whose user refused marketing on the push's topic or channel."""
+        fields_of = [(entry_id, consent.scoped_field(f["user_id"], f"channel:{f.get('channel', 'inbox')}"),
+                      consent.scoped_field(f["user_id"], f"topic:{f['topic']}") if f.get("topic") else None)
+                     for entry_id, f in entries]
+        wanted = sorted({name for _, *names in fields_of for name in names if name})
+        found = dict(zip(wanted, self.r.hmget(keys.consent_denied_scoped(tenant_id), wanted), strict=True))
+        return {entry_id for entry_id, *names in fields_of
+                if any(name and found[name] is not None for name in names)}
 
     def _erased_without_consent(self, tenant_id: str, users: Sequence[str]) -> list[str]:
         """The erased users who recorded no consent since: marketing to them stays stopped (the

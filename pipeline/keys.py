@@ -39,6 +39,8 @@ __all__ = [
     "quarantine",
     "consent_ledger",
     "consent_denied",
+    "consent_denied_scoped",
+    "topics",
     "erased_users",
     "retention",
     "privacy_policy",
@@ -189,6 +191,17 @@ def consent_denied(tenant_id: str, purpose: str) -> str:
     """Hash: user id -> JSON of the change that took away the purpose (``pipeline.consent``
     keeps it in step with the ledgers; delivery and training read it)."""
     return f"{_tenant(tenant_id)}:consent-denied:{_part('purpose', purpose)}"
+
+
+def consent_denied_scoped(tenant_id: str) -> str:
+    """Hash: ``<user id>/topic:<topic>`` or ``<user id>/channel:<channel>`` -> JSON of the change
+    that took the topic or channel away for marketing (``pipeline.consent``); ``/`` is in no id."""
+    return f"{_tenant(tenant_id)}:consent-denied-scoped"
+
+
+def topics(tenant_id: str) -> str:
+    """Hash: topic name -> JSON {kind: optional|required, description}, the tenant's topics."""
+    return f"{_tenant(tenant_id)}:topics"
 
 
 def erased_users(tenant_id: str) -> str:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CHANNELS",
+    "TOPIC_PATTERN",
+    "campaign_push_id",
     "MAX_PAYLOAD_BYTES",
     "Push",
     "EnqueueResult",
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 CHANNELS = ("inbox", "webhook")
+#: A push's topic, one the tenant created (``pipeline.consent.create_topic``).
+TOPIC_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_PAYLOAD_BYTES = 4096
 
 
@@ -65,6 +69,8 @@ class Push:
     data: Mapping[str, str] = field(default_factory=dict)
     campaign_id: str = ""
     enqueued_at: float = 0.0  # epoch seconds; enqueue sets it when 0
+    # A marketing push to a user who refused its topic is suppressed (rule "consent").
+    topic: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,11 @@ def make_push_id(*parts: str) -> str:
         raise ValueError("make_push_id needs at least one part")
     # The unit separator cannot appear in ordinary ids, so ("a", "bc") and ("ab", "c") differ.
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def campaign_push_id(campaign_id: str, run_id: str, user_id: str) -> str:
+    """The push id of a campaign run's push to a user (idempotent across reruns)."""
+    return make_push_id("campaign", campaign_id, run_id, user_id)
 
 
 def message(push: Push, enqueued_at: float) -> str:
@@ -111,7 +122,7 @@ def entry_content(fields: Mapping[str, str]) -> dict[str, Any]:
             "channel": fields.get("channel", ""), "title": str(content.get("title", "")),
             "body": str(content.get("body", "")), "data": _json_object(content.get("data")),
             "campaign_id": str(content.get("campaign_id", "")),
-            "enqueued_at": _float(content.get("enqueued_at"))}
+            "enqueued_at": _float(content.get("enqueued_at")), "topic": fields.get("topic", "")}
 
 
 def inbox_frame(entry_id: str, fields: Mapping[str, str]) -> str:
@@ -144,7 +155,7 @@ def _float(value: Any) -> float:
 # one already enqueued (its status record exists) is a duplicate (0), any other is accepted (1).
 # KEYS: outbox, counts, transactional outbox, marketing outbox, then per push: status
 # ARGV: now, retention, backlog cap (-1: none), lane, then per push: push id, user id, channel,
-#       message
+#       message, topic ('' none; an entry with a topic has it as a fifth field)
 _ENQUEUE = StatusScript("""
 local now, retention, cap, lane = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local queued = 'queued|' .. now .. '|'
@@ -157,7 +168,7 @@ if cap >= 0 then
 end
 local results, accepted = {}, 0
 for i = 1, #KEYS - 4 do
-  local status_key, a = KEYS[4 + i], 4 + 4 * (i - 1)
+  local status_key, a = KEYS[4 + i], 4 + 5 * (i - 1)
   local code
   if cap >= 0 and backlog >= cap then
     code = redis.call('EXISTS', status_key) == 1 and 0 or 2
@@ -165,8 +176,14 @@ for i = 1, #KEYS - 4 do
   -- unless the id's record lives (a duplicate).
   elseif redis.call('SET', status_key, queued, 'NX', 'EX', retention) then
     code = 1
-    local added = redis.pcall('XADD', KEYS[1], '*', 'push_id', ARGV[a + 1],
-      'user_id', ARGV[a + 2], 'channel', ARGV[a + 3], 'm', ARGV[a + 4])
+    local added
+    if ARGV[a + 5] == '' then
+      added = redis.pcall('XADD', KEYS[1], '*', 'push_id', ARGV[a + 1],
+        'user_id', ARGV[a + 2], 'channel', ARGV[a + 3], 'm', ARGV[a + 4])
+    else
+      added = redis.pcall('XADD', KEYS[1], '*', 'push_id', ARGV[a + 1],
+        'user_id', ARGV[a + 2], 'channel', ARGV[a + 3], 'm', ARGV[a + 4], 'topic', ARGV[a + 5])
+    end
     if type(added) == 'table' and added.err then
       -- No entry, so no guard either: the caller's retry must not come back a duplicate.
       redis.call('DEL', status_key)
@@ -308,7 +325,7 @@ def _enqueue_call(
     for push in pushes:
         script_keys.append(keys.push_status(tenant_id, push.push_id))
         args += [push.push_id, push.user_id, push.channel,
-                 message(push, push.enqueued_at or now)]
+                 message(push, push.enqueued_at or now), push.topic]
     return _ENQUEUE, script_keys, args
 
 
@@ -334,6 +351,9 @@ def _validated(push: Push, valid_tenants: set[str]) -> Push:
         raise InvalidInputError("lane", f"must be one of {keys.LANES}, got {push.lane!r}")
     if push.channel not in CHANNELS:
         raise InvalidInputError("channel", f"must be one of {CHANNELS}, got {push.channel!r}")
+    if push.topic and not (isinstance(push.topic, str) and TOPIC_PATTERN.fullmatch(push.topic)):
+        raise InvalidInputError("topic", f"a topic is 1-64 of a-z 0-9 _ - starting with a letter "
+                                f"or digit, got {str(push.topic)[:70]!r}")
     for name in ("title", "body", "campaign_id"):
         if not isinstance(getattr(push, name), str):
             raise InvalidInputError(name, f"must be a string, got {getattr(push, name)!r}")

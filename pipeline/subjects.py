@@ -27,7 +27,7 @@ import redis
 
 from pipeline import consent, keys, tenants
 from pipeline.errors import InvalidInputError
-from pipeline.outbox import entry_content
+from pipeline.outbox import campaign_push_id, entry_content
 from pipeline.receipts import status_trails
 
 __all__ = [
@@ -49,6 +49,10 @@ REMAINS: tuple[str, ...] = (
     "score includes the user",
     "event ids the tenant sent are kept up to 48 hours to drop duplicates; an id that embeds "
     "the user id stays until then",
+    "receipts (status records) of pushes sent outside a campaign whose entry is gone (sent by "
+    "webhook, or trimmed from the inbox) hold no user id and cannot be linked to the user; "
+    "they expire with the receipts' retention (seven days by default, or the tenant's "
+    "receipts_days)",
     "entries deleted from a Redis stream (the event stream, the outboxes) keep their bytes in "
     "the stream's storage until the node holding them is freed, so snapshots (RDB, DUMP-based "
     "backups) may still carry them, and the append-only file holds every past write until "
@@ -167,21 +171,33 @@ def _held(r: redis.Redis, tenant_id: str, user_id: str) -> _Held:
         [f["push_id"] for _, f in inbox if f.get("push_id")]
         + [f["push_id"] for entries in queued.values() for _, f in entries if f.get("push_id")]
         + [f["push_id"] for _, f in dead if f.get("push_id")]))
+    # A campaign push's id follows from the run and the user, so its receipt is found even when
+    # nothing else is left of it (sent by webhook, or its inbox entry trimmed).
+    prefix = keys.campaign_arms(tenant_id, "*", "*")[:-3]
+    campaign_ids = []
+    for key, arm in arms.items():
+        campaign_id, _, run_id = key.removeprefix(prefix).partition(":")
+        if run_id and arm != "holdout" and not arm.startswith("!"):
+            campaign_ids.append(campaign_push_id(campaign_id, run_id, user_id))
+    pipe = r.pipeline(transaction=False)
+    for push_id in campaign_ids:
+        pipe.exists(keys.push_status(tenant_id, push_id))
+    push_ids += [p for p, held in zip(campaign_ids, pipe.execute(), strict=True)
+                 if held and p not in push_ids]
     return _Held(inbox, queued, dead, events, arms, push_ids)
 
 
 def export_user(r: redis.Redis, tenant_id: str, user_id: str,
                 actor: str | None = None) -> dict[str, Any] | None:
-    """Everything held about the user, as JSON-ready data; None when nothing is (or the user
-    was erased). With ``actor`` an export is recorded in the tenant's privacy audit (counts
-    only, never the id)."""
+    """Everything held about the user, as JSON-ready data; None when nothing is (so right after
+    an erasure). Data that arrived after an erasure is exported, with ``erased_before`` true.
+    With ``actor`` an export is recorded in the tenant's privacy audit (counts only, never
+    the id)."""
     from pipeline.featurestore import load_features, load_profile, load_send_hours
     from pipeline.onlinefeatures import history_events
 
     tenants.get_tenant(r, tenant_id)
     user_id = _user_key_part(tenant_id, user_id)
-    if erased_users(r, tenant_id, [user_id]):
-        return None
     held = _held(r, tenant_id, user_id)
     features = load_features(r, tenant_id, [user_id])
     history = history_events(r, tenant_id, user_id)
@@ -215,7 +231,8 @@ def export_user(r: redis.Redis, tenant_id: str, user_id: str,
         return None
     if actor is not None:
         _audit(r, tenant_id, f"export by {actor}", {"users": 1})
-    return {"tenant_id": tenant_id, "user_id": user_id, "exported_at": time.time(), **body}
+    return {"tenant_id": tenant_id, "user_id": user_id, "exported_at": time.time(),
+            "erased_before": bool(erased_users(r, tenant_id, [user_id])), **body}
 
 
 def erase_user(r: redis.Redis, tenant_id: str, user_id: str, *, actor: str) -> ErasureReport:
@@ -233,7 +250,13 @@ def erase_user(r: redis.Redis, tenant_id: str, user_id: str, *, actor: str) -> E
     r.hsetnx(keys.erased_users(tenant_id), _digest(secret, user_id),
              json.dumps({"at": time.time(), "actor": actor}))
     held = _held(r, tenant_id, user_id)
+    # Topic and channel refusals: every scope the tenant has, and any the ledger names.
+    scopes = {f"topic:{t.name}" for t in consent.list_topics(r, tenant_id)}
+    scopes |= {f"channel:{c}" for c in consent.CHANNELS}
+    scopes |= {str(f.get("purpose", "")) for _, f in r.xrange(keys.consent_ledger(tenant_id, user_id))}
+    scoped = [consent.scoped_field(user_id, s) for s in sorted(scopes - set(consent.PURPOSES) - {""})]
     pipe = r.pipeline(transaction=False)
+    pipe.hdel(keys.consent_denied_scoped(tenant_id), *scoped)
     for lane, entries in held.queued.items():
         ids = [i for i, _ in entries]
         if ids:

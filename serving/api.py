@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -215,9 +216,21 @@ class InlineUser(BaseModel):
 
 class PreferencesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    purposes: dict[str, str] = Field(min_length=1, max_length=len(consent.PURPOSES))
+    purposes: dict[str, str] = Field(default_factory=dict, max_length=len(consent.PURPOSES))
+    topics: dict[str, str] = Field(default_factory=dict, max_length=100)
+    channels: dict[str, str] = Field(default_factory=dict, max_length=len(consent.CHANNELS))
     source: str = "api"
     policy_version: str
+
+    def changes(self) -> dict[str, str]:
+        return {**self.purposes, **{f"topic:{k}": v for k, v in self.topics.items()},
+                **{f"channel:{k}": v for k, v in self.channels.items()}}
+
+
+class TopicRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["optional", "required"] = "optional"
+    description: str = Field(default="", max_length=500)
 
 
 class ScoreRequest(BaseModel):
@@ -282,6 +295,8 @@ class PushRequest(BaseModel):
     body: str = Field(max_length=2048)
     data: dict[str, str] = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+    # Marketing to a user who refused the topic is suppressed (docs/consent.md).
+    topic: str = Field(default="", pattern=r"^([a-z0-9][a-z0-9_-]{0,63})?$")
 
 
 class PushResponse(BaseModel):
@@ -648,13 +663,28 @@ class Api:
     @app.put("/v1/users/{user_id}/preferences")
     def put_preferences(self, user_id: str, request: PreferencesRequest,
                         authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """Record consent changes: `{"purposes": {"marketing": "revoked"}, "source": ...,
+        """Record consent changes: `{"purposes": {"marketing": "revoked"}, "topics": {...},
+        "channels": {...}, "source": ...,
         "policy_version": ...}`. A revocation stops the user's queued pushes of that purpose."""
         key = self._auth(authorization, "consent")
         (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
-        return consent.record_consent(self._r, key.tenant_id, user_id, request.purposes,
+        return consent.record_consent(self._r, key.tenant_id, user_id, request.changes(),
                                       source=request.source,
                                       policy_version=request.policy_version).as_json()
+
+    @app.get("/v1/topics")
+    def list_topics(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """The tenant's topics, each `optional` or `required` (cannot be unsubscribed)."""
+        key = self._auth(authorization, "consent")
+        return {"topics": [asdict(t) for t in consent.list_topics(self._r, key.tenant_id)]}
+
+    @app.put("/v1/topics/{name}")
+    def put_topic(self, name: str, request: TopicRequest,
+                  authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Create or change a topic: `{"kind": "optional"|"required", "description": ...}`."""
+        key = self._auth(authorization, "admin")
+        return asdict(consent.create_topic(self._r, key.tenant_id, name, kind=request.kind,
+                                           description=request.description))
 
     @app.get("/v1/users/{user_id}/export")
     def export_user(self, user_id: str,
@@ -806,7 +836,7 @@ class Api:
                 tenant_id=key.tenant_id,
                 push_id=outbox.make_push_id(key.tenant_id, base, user_id),
                 user_id=user_id, lane=request.lane, channel=request.channel,
-                title=text.title, body=text.body, data=text.data,
+                title=text.title, body=text.body, data=text.data, topic=request.topic,
             )
             for user_id in user_ids
         ]

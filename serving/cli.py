@@ -47,6 +47,7 @@ cli.add_typer(importlib.import_module("serving.cli_alerts").app, name="alerts")
 cli.add_typer(importlib.import_module("serving.cli_anomaly").app, name="anomaly")
 cli.add_typer(importlib.import_module("serving.cli_privacy").app, name="privacy")
 cli.add_typer(importlib.import_module("serving.cli_users").app, name="user")
+cli.add_typer(importlib.import_module("serving.cli_users").topics_app, name="topic")
 cli.add_typer(importlib.import_module("serving.cli_compliance").app, name="compliance")
 cli.add_typer(importlib.import_module("serving.cli_bench").app, name="bench")
 importlib.import_module("serving.cli_bench_serve")  # adds `bench serve` to the bench group

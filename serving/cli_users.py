@@ -9,7 +9,7 @@ import typer
 
 from serving.cli_common import fail, redis_client
 
-__all__ = ["app"]
+__all__ = ["app", "topics_app"]
 
 app = typer.Typer(help="A user's consent and preferences.", no_args_is_help=True)
 
@@ -43,7 +43,7 @@ def show(
 def record(
     tenant: Annotated[str, typer.Option(help="Tenant id.")],
     user: Annotated[str, typer.Option(help="User id.")],
-    set_: Annotated[list[str], typer.Option("--set", help="PURPOSE=STATUS, e.g. marketing=revoked; repeatable. Purposes: marketing, profiling, transactional; statuses: granted, denied, revoked.")],
+    set_: Annotated[list[str], typer.Option("--set", help="PURPOSE=STATUS, e.g. marketing=revoked; repeatable. Purposes: marketing, profiling, transactional, topic:NAME, channel:inbox|webhook; statuses: granted, denied, revoked.")],
     policy_version: Annotated[str, typer.Option(help="Version of the privacy policy the user agreed to or refused.")],
     source: Annotated[str, typer.Option(help="Where the change came from.")] = "cli",
 ) -> None:
@@ -101,3 +101,37 @@ def erase(
     with redis_client() as r:
         report = erase_user(r, tenant, _stored_user(r, tenant, user), actor="cli")
     typer.echo(json.dumps(report.as_json()))
+
+
+topics_app = typer.Typer(help="The tenant's topics, which users may refuse marketing on.",
+                         no_args_is_help=True)
+
+
+@topics_app.command("create")
+def create_topic(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    name: Annotated[str, typer.Option(help="Topic name: a-z 0-9 _ -, e.g. sales or order-updates.")],
+    required: Annotated[bool, typer.Option("--required", help="Users cannot unsubscribe (order updates, security notices).")] = False,
+    description: Annotated[str, typer.Option(help="What the topic's pushes are about.")] = "",
+) -> None:
+    """Create or change a topic; prints it as JSON."""
+    from dataclasses import asdict
+
+    from pipeline import consent
+
+    with redis_client() as r:
+        topic = consent.create_topic(r, tenant, name, kind="required" if required else "optional",
+                                     description=description)
+    typer.echo(json.dumps(asdict(topic)))
+
+
+@topics_app.command("list")
+def list_topics(tenant: Annotated[str, typer.Option(help="Tenant id.")]) -> None:
+    """Print the tenant's topics as JSON."""
+    from dataclasses import asdict
+
+    from pipeline import consent, tenants
+
+    with redis_client() as r:
+        tenants.get_tenant(r, tenant)
+        typer.echo(json.dumps({"tenant_id": tenant, "topics": [asdict(t) for t in consent.list_topics(r, tenant)]}))

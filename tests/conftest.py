@@ -177,7 +177,8 @@ T0 = pd.Timestamp("2026-11-01", tz="UTC").timestamp()
 
 def populate_user_data(r: redis.Redis, tenant_id: str, users: list[str], email: str, refusing_url: str) -> None:
     """Profiles (an e-mail pseudonymised), events, features, inbox, queued and dead pushes,
-    frequency counters, a campaign assignment, quarantine and consent, for every user."""
+    frequency counters, a campaign assignment, quarantine and consent (purpose, topic and
+    channel), for every user."""
     from pipeline import consent, keys, tenants
     from pipeline.channels.webhook import WebhookChannel
     from pipeline.delivery import DeliveryWorker
@@ -208,9 +209,12 @@ def populate_user_data(r: redis.Redis, tenant_id: str, users: list[str], email: 
     enqueue(r, [Push(tenant_id=tenant_id, push_id=f"{u}-q", user_id=u, body="later") for u in users])
     r.hset(keys.campaign_arms(tenant_id, "spring", "r1"), mapping={u: "a" for u in users})
     quarantine_users(r, tenant_id, users[:1], reason="test")
+    consent.create_topic(r, tenant_id, "sales")
     for u in users:
         consent.record_consent(r, tenant_id, u, {"marketing": "granted"}, source="banner",
                                policy_version="v1")
+        consent.record_consent(r, tenant_id, u, {"topic:sales": "denied", "channel:webhook": "denied"},
+                               source="settings", policy_version="v1")
 
 
 @pytest.fixture

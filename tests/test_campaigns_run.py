@@ -17,7 +17,7 @@ from pipeline.campaigns import parse_spec, save_campaign
 from pipeline.campaigns.report import run_report
 from pipeline.campaigns.runner import RunConfig, run_campaign
 from pipeline.config import Settings
-from pipeline.consent import record_consent
+from pipeline.consent import create_topic, record_consent
 from pipeline.features import FEATURE_COLUMNS, build_features
 from pipeline.featurestore import store_features, store_profiles
 from pipeline.generator import generate_tenant
@@ -110,19 +110,27 @@ def test_users_who_took_back_marketing_or_profiling_are_neither_scored_nor_picke
                    policy_version="v1")
     record_consent(redis_client, tenant_id, "u000004", {"profiling": "denied"}, source="test",
                    policy_version="v1")
+    # Below the purposes: the campaign's topic, its channel; another topic does not count.
+    for topic in ("spring-sale", "news"):
+        create_topic(redis_client, tenant_id, topic)
+    for user, scope in (("u000005", "topic:spring-sale"), ("u000006", "channel:inbox"),
+                        ("u000007", "topic:news")):
+        record_consent(redis_client, tenant_id, user, {scope: "denied"}, source="test", policy_version="v1")
     quarantine_users(redis_client, tenant_id, ["u000001"], reason="test")
-    spec = parse_spec(spec_text(tenant_id, selection="{top_k: 2000}"))
+    spec = parse_spec(spec_text(tenant_id, selection="{top_k: 2000}")).model_copy(update={"topic": "spring-sale"})
     save_campaign(redis_client, spec)
 
     result = run_campaign(redis_client, config, spec, "r1", now=NOW)
 
     c = result.counts
-    assert c["suppressed"] == {"quarantined": 1, "consent": 2}
-    assert c["eligible"] == c["selected"] == 1997
+    assert c["suppressed"] == {"quarantined": 1, "consent": 4}
+    assert c["eligible"] == c["selected"] == 1995
     sent = outbox_users(redis_client, tenant_id, "spring")
-    assert not {"u000001", "u000003", "u000004"} & set(sent)
+    assert not {"u000001", "u000003", "u000004", "u000005", "u000006"} & set(sent)
+    assert {f.get("topic") for _, f in redis_client.xrange(keys.outbox_stream(tenant_id, "marketing"))} == {
+        "spring-sale"}
     arms = redis_client.hgetall(keys.campaign_arms(tenant_id, "spring", "r1"))
-    assert not {"u000003", "u000004"} & set(arms)
+    assert not {"u000003", "u000004", "u000005", "u000006"} & set(arms) and "u000007" in arms
 
 
 def test_a_crashed_run_rerun_sends_every_selected_user_exactly_once(

@@ -139,3 +139,24 @@ def test_retention_is_shown_set_and_swept_and_bad_input_changes_nothing(cli):
     assert cleared == unset
     nothing = cli("compliance", "sweep")
     assert nothing.returncode == 2 and "no tenant has a retention policy" in nothing.stderr
+
+
+def test_topics_are_created_listed_and_refused_and_bad_input_changes_nothing(cli):
+    assert _json(cli("topic", "create", "--tenant", "acme", "--name", "orders", "--required")) == {
+        "name": "orders", "kind": "required", "description": ""}
+    _json(cli("topic", "create", "--tenant", "acme", "--name", "sales", "--description", "offers"))
+    bad = cli("topic", "create", "--tenant", "acme", "--name", "Sales!")
+    assert bad.returncode == 2 and "a topic is" in bad.stderr
+    assert [t["name"] for t in _json(cli("topic", "list", "--tenant", "acme"))["topics"]] == ["orders", "sales"]
+    assert _json(cli("topic", "list", "--tenant", "other"))["topics"] == []
+
+    after = _json(cli("user", "consent", "--tenant", "acme", "--user", "u7", "--set", "topic:sales=denied",
+                      "--set", "channel:webhook=denied", "--policy-version", "v3"))
+    assert after["topics"]["sales"]["allowed"] is False and after["channels"]["webhook"]["allowed"] is False
+    required = cli("user", "consent", "--tenant", "acme", "--user", "u7", "--set", "topic:orders=denied",
+                   "--policy-version", "v3")
+    assert required.returncode == 2 and "is required" in required.stderr
+    elsewhere = cli("user", "consent", "--tenant", "other", "--user", "u7", "--set", "topic:sales=denied",
+                    "--policy-version", "v3")
+    assert elsewhere.returncode == 2 and "unknown topic 'sales'" in elsewhere.stderr
+    assert len(_json(cli("user", "preferences", "--tenant", "acme", "--user", "u7"))["history"]) == 2

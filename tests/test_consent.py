@@ -228,3 +228,87 @@ def test_a_push_erased_while_a_worker_holds_it_is_neither_delivered_nor_recorded
                                    keys.inbox_stream(tenant, "u0"))
     stream = keys.outbox_stream(tenant, "marketing")
     assert redis_client.xpending(stream, "delivery")["pending"] == 0
+
+
+@pytest.fixture
+def topics(redis_client, tenant) -> str:
+    consent.create_topic(redis_client, tenant, "sales", description="offers")
+    consent.create_topic(redis_client, tenant, "orders", kind="required", description="order updates")
+    return tenant
+
+
+def test_topics_and_channels_are_refused_one_by_one_and_a_required_topic_cannot_be(
+    redis_client, topics,
+):
+    tenant = topics
+    prefs = consent.record_consent(redis_client, tenant, "u0", {"topic:sales": "denied", "channel:webhook": "revoked"},
+                                   source="settings", policy_version=V1).as_json()
+    assert prefs["purposes"]["marketing"]["allowed"] is True
+    assert prefs["topics"]["sales"] | {"at": 0} == {"purpose": "topic:sales", "status": "denied", "at": 0,
+                                                     "source": "settings", "policy_version": V1,
+                                                     "allowed": False, "kind": "optional"}
+    assert prefs["topics"]["orders"]["allowed"] is True and prefs["topics"]["orders"]["kind"] == "required"
+    assert set(prefs["channels"]) == {"inbox", "webhook"}
+    assert prefs["channels"]["webhook"]["allowed"] is False and prefs["channels"]["inbox"]["allowed"] is True
+
+    before = redis_client.xlen(keys.consent_ledger(tenant, "u0"))
+    for bad, message in (({"topic:orders": "denied"}, "is required"),
+                         ({"topic:nope": "denied"}, "unknown topic 'nope'"),
+                         ({"channel:sms": "denied"}, "unknown channel 'sms'"),
+                         ({"topic:sales": "granted", "topic:orders": "revoked"}, "is required")):
+        with pytest.raises(InvalidInputError, match=message):
+            consent.record_consent(redis_client, tenant, "u0", bad, source="x", policy_version=V1)
+    assert redis_client.xlen(keys.consent_ledger(tenant, "u0")) == before
+    for name, kind, message in (("Bad Name", "optional", "a topic is"), ("promo", "always", "kind"),
+                                ("sales", "required", "users refused topic 'sales'")):
+        with pytest.raises(InvalidInputError, match=message):
+            consent.create_topic(redis_client, tenant, name, kind=kind)
+    assert [(t.name, t.kind) for t in consent.list_topics(redis_client, tenant)] == [
+        ("orders", "required"), ("sales", "optional")]
+    with pytest.raises(InvalidInputError, match="topic"):
+        enqueue(redis_client, [Push(tenant_id=tenant, push_id="p", user_id="u0", topic="Sales!", body="x")])
+
+
+@pytest.mark.parametrize("path", ["direct", "rules"])
+def test_a_refused_topic_or_channel_stops_only_those_marketing_pushes(
+    redis_client, topics, endpoint, new_tenant_id, path,
+):
+    tenant = topics
+    if path == "rules":
+        _plan_with_rules(redis_client, tenant)
+    other = new_tenant_id("consent-b")
+    tenants.create_tenant(redis_client, other)
+    tenants.set_webhook_url(redis_client, tenant, endpoint.url)
+    consent.record_consent(redis_client, tenant, "u0", {"topic:sales": "denied", "channel:webhook": "denied"},
+                           source="settings", policy_version=V1)
+    enqueue(redis_client, [
+        Push(tenant_id=tenant, push_id=p, user_id=u, lane=lane, channel=channel, topic=topic, body="x")
+        for p, u, lane, channel, topic in (
+            ("sale0", "u0", "marketing", "inbox", "sales"),      # refused topic
+            ("news0", "u0", "marketing", "inbox", ""),           # no topic: marketing is allowed
+            ("order0", "u0", "marketing", "inbox", "orders"),
+            ("hook0", "u0", "marketing", "webhook", ""),         # refused channel
+            ("sale1", "u1", "marketing", "inbox", "sales"),      # another user
+            ("code0", "u0", "transactional", "inbox", "sales"),  # transactional: never stopped
+            ("code1", "u0", "transactional", "webhook", ""),
+        )
+    ] + [Push(tenant_id=other, push_id="sale0", user_id="u0", topic="sales", body="x")])
+    drain(DeliveryWorker(redis_client, [tenant, other], consumer="w",
+                         channels={"webhook": WebhookChannel(redis_client)}))
+
+    assert sorted(inbox(redis_client, tenant, "u0")) == ["code0", "news0", "order0"]
+    assert inbox(redis_client, tenant, "u1") == ["sale1"]
+    assert [json.loads(body)["push_id"] for _, body in endpoint.requests] == ["code1"]
+    for push in ("sale0", "hook0"):
+        assert status_trail(redis_client, tenant, push)[-1]["rule"] == "consent"
+    assert inbox(redis_client, other, "u0") == ["sale0"]  # the other tenant's same id and topic
+
+
+def test_an_erasure_removes_the_users_topic_and_channel_refusals(redis_client, topics):
+    tenant = topics
+    for user in ("u0", "u1"):
+        consent.record_consent(redis_client, tenant, user, {"topic:sales": "denied", "channel:inbox": "denied"},
+                               source="settings", policy_version=V1)
+    subjects.erase_user(redis_client, tenant, "u0", actor="test")
+    assert sorted(redis_client.hkeys(keys.consent_denied_scoped(tenant))) == ["u1/channel:inbox", "u1/topic:sales"]
+    assert consent.scope_refusers(redis_client, tenant, ["topic:sales"]) == {"u1"}

@@ -782,6 +782,43 @@ def test_preferences_over_http_are_per_tenant_and_stop_scores_and_marketing_push
     r.close()
 
 
+def test_topics_over_http_are_created_by_admins_refused_by_users_and_stop_those_pushes(
+    world: World, redis_server: EmbeddedRedis,
+) -> None:
+    r = connect(redis_server.url)
+    tenant = "api-topics"
+    if not tenants.tenant_exists(r, tenant):
+        tenants.create_tenant(r, tenant)
+    admin = tenants.create_api_key(r, tenant, ["admin"])
+    sender = tenants.create_api_key(r, tenant, ["push:send", "consent"])
+
+    def put(key: str, path: str, body: Any) -> httpx.Response:
+        return httpx.put(world.base_url + path, json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {key}"})
+
+    assert put(sender, "/v1/topics/sales", {}).status_code == 403
+    assert put(admin, "/v1/topics/sales", {"description": "offers"}).json() == {
+        "name": "sales", "kind": "optional", "description": "offers"}
+    assert put(admin, "/v1/topics/Sales!", {}).status_code == 422
+    assert put(admin, "/v1/topics/orders", {"kind": "always"}).status_code == 422
+    assert [t["name"] for t in _get(world, "/v1/topics", sender).json()["topics"]] == ["sales"]
+    prefs = "/v1/users/u-t/preferences"
+    assert put(sender, prefs, {"topics": {"nope": "denied"}, "policy_version": "v1"}).status_code == 422
+    done = put(sender, prefs, {"topics": {"sales": "denied"}, "policy_version": "v1"})
+    assert done.status_code == 200 and done.json()["topics"]["sales"]["allowed"] is False
+    assert _post(world, "/v1/pushes", sender, {"user_ids": ["u-t"], "body": "x", "lane": "marketing",
+                                                "topic": "Sales!"}).status_code == 422
+    sent = {topic: _post(world, "/v1/pushes", sender, {"user_ids": ["u-t"], "body": "x", "lane": "marketing",
+                                                        "topic": topic}).json()["push_ids"][0]
+            for topic in ("sales", "")}
+    while DeliveryWorker(r, [tenant], consumer="topics-test").deliver_once():
+        pass
+    last = {topic: _get(world, f"/v1/pushes/{p}", sender).json()["trail"][-1] for topic, p in sent.items()}
+    assert last["sales"]["status"] == "suppressed" and last["sales"]["rule"] == "consent"
+    assert last[""]["status"] == "delivered"
+    r.close()
+
+
 def test_export_and_erase_over_http_need_admin_and_touch_one_tenant(
     world: World, redis_server: EmbeddedRedis,
 ) -> None:

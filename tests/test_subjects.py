@@ -113,3 +113,44 @@ def test_the_compliance_report_counts_data_consent_and_requests_per_tenant(redis
     assert person not in repr(report) and not any(u in repr(report) for u in others)
     with pytest.raises(UnknownTenantError):
         compliance_report(redis_client, "no-such-tenant", inbox_max_len=1000)
+
+
+def test_erasure_finds_a_campaign_pushs_receipt_with_nothing_else_left_of_it(
+    redis_client, new_tenant_id, endpoint,
+):
+    from pipeline import tenants
+    from pipeline.channels.webhook import WebhookChannel
+    from pipeline.delivery import DeliveryWorker
+    from pipeline.outbox import Push, campaign_push_id, enqueue
+
+    tenant = new_tenant_id("dsr-camp")
+    tenants.create_tenant(redis_client, tenant)
+    tenants.set_webhook_url(redis_client, tenant, endpoint.url)
+    push_ids = {u: campaign_push_id("spring", "r1", u) for u in ("u0", "u1")}
+    redis_client.hset(keys.campaign_arms(tenant, "spring", "r1"), mapping={"u0": "a", "u1": "a"})
+    enqueue(redis_client, [Push(tenant_id=tenant, push_id=p, user_id=u, channel="webhook", body="x",
+                                campaign_id="spring") for u, p in push_ids.items()])
+    DeliveryWorker(redis_client, [tenant], consumer="w",
+                   channels={"webhook": WebhookChannel(redis_client)}).deliver_once()
+    assert [t[-1]["status"] for t in subjects.export_user(redis_client, tenant, "u0")["receipts"].values()] == [
+        "delivered"]  # sent by webhook: no inbox entry, no queued entry, only the receipt
+
+    assert subjects.erase_user(redis_client, tenant, "u0", actor="test").removed["receipts"] == 1
+    assert not redis_client.exists(keys.push_status(tenant, push_ids["u0"]))
+    assert redis_client.exists(keys.push_status(tenant, push_ids["u1"]))
+
+
+def test_data_that_arrives_after_an_erasure_is_exported_and_marked(redis_client, world):
+    from pipeline.delivery import DeliveryWorker
+    from pipeline.outbox import Push, enqueue
+
+    mine, _, person, _ = world
+    subjects.erase_user(redis_client, mine, person, actor="test")
+    assert subjects.export_user(redis_client, mine, person) is None
+    enqueue(redis_client, [Push(tenant_id=mine, push_id="after", user_id=person, lane="transactional",
+                                body="your code")])
+    DeliveryWorker(redis_client, [mine], consumer="after").deliver_once()
+
+    body = subjects.export_user(redis_client, mine, person)
+    assert body["erased_before"] is True and [i["push_id"] for i in body["inbox"]] == ["after"]
+    assert body["events"] == [] and body["profile"] is None

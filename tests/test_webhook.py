@@ -64,7 +64,7 @@ def test_the_webhook_body_is_the_push_with_its_ids_however_its_entry_was_written
         enqueue(redis_client, [Push(tenant_id=tenant_id, push_id="p1", user_id="u1",
                                     channel="webhook", lane="transactional", title=title,
                                     body="b", data={"k": "a\nb"}, campaign_id="c1",
-                                    enqueued_at=1700000000.25)])
+                                    enqueued_at=1700000000.25, topic="news")])
     else:
         assert worker.deliver_once() == 0  # the group exists before the old entry arrives
         status_key = keys.push_status(tenant_id, "p1")
@@ -81,7 +81,8 @@ def test_the_webhook_body_is_the_push_with_its_ids_however_its_entry_was_written
     [(headers, body)] = endpoint.requests
     assert json.loads(body) == {"push_id": "p1", "user_id": "u1", "title": title, "body": "b",
                                 "data": {"k": "a\nb"}, "campaign_id": "c1",
-                                "enqueued_at": 1700000000.25}
+                                "enqueued_at": 1700000000.25,
+                                "topic": "news" if written_by == "this version" else ""}
     assert headers["X-Pushpilot-Push-Id"] == "p1"
     assert [e["status"] for e in status_trail(redis_client, tenant_id, "p1")] == [
         "queued", "delivered"]

@@ -32,7 +32,7 @@ from models.registry import ModelRegistry
 from pipeline import keys, outbox
 from pipeline.campaigns.assignment import HOLDOUT, assign_arms
 from pipeline.campaigns.spec import CampaignSpec, Filter, template_fields
-from pipeline.consent import denied_users
+from pipeline.consent import denied_users, scope_refusers
 from pipeline.errors import InvalidInputError, NoModelError
 from pipeline.features import FEATURE_COLUMNS
 from pipeline.featurestore import load_feature_matrix
@@ -80,8 +80,7 @@ def default_run_id(now: float) -> str:
     return "manual-" + datetime.fromtimestamp(now, ZoneInfo("UTC")).strftime("%Y%m%dT%H%M%S")
 
 
-def push_id_for(campaign_id: str, run_id: str, user_id: str) -> str:
-    return outbox.make_push_id("campaign", campaign_id, run_id, user_id)
+push_id_for = outbox.campaign_push_id
 
 
 # --- tasks ---------------------------------------------------------------------------------
@@ -283,7 +282,7 @@ def _dispatch_partition(config: RunConfig, spec_json: str, run_id: str, index: i
                 user_id=user_id, lane=spec.lane, channel=spec.channel,
                 title=_render(variant.title, values), body=_render(variant.body, values),
                 data={"campaign_id": spec.id, "run_id": run_id, "variant": arm},
-                campaign_id=spec.id, enqueued_at=now,
+                campaign_id=spec.id, enqueued_at=now, topic=spec.topic,
             ))
         # Arms first: a crash after them but before the pushes leaves nothing a re-run can't redo.
         arms_key = keys.campaign_arms(tenant_id, spec.id, run_id)
@@ -446,6 +445,12 @@ def run_campaign(
     return result
 
 
+def _refused_marketing(r: redis.Redis, spec: CampaignSpec) -> set[str]:
+    """Users who refused marketing, or marketing on the campaign's channel or topic."""
+    scopes = [f"channel:{spec.channel}", *([f"topic:{spec.topic}"] if spec.topic else [])]
+    return denied_users(r, spec.tenant, "marketing") | scope_refusers(r, spec.tenant, scopes)
+
+
 def _execute(r: redis.Redis, config: RunConfig, spec: CampaignSpec, run_id: str, version: int,
              now: float, fault: Fault | None) -> RunResult:
     tenant_id = spec.tenant
@@ -458,7 +463,7 @@ def _execute(r: redis.Redis, config: RunConfig, spec: CampaignSpec, run_id: str,
             "(pipeline.featurestore.store_features) before running a campaign")
     quarantined = frozenset(quarantined_users(r, tenant_id))
     refused = frozenset(excluded_from_learning(r, tenant_id, user_ids.tolist())
-                        | (denied_users(r, tenant_id, "marketing") if spec.lane == "marketing" else set()))
+                        | (_refused_marketing(r, spec) if spec.lane == "marketing" else set()))
     n_parts = max(1, math.ceil(len(user_ids) / config.partition_size))
     bounds = np.linspace(0, len(user_ids), n_parts + 1).astype(int)
     spec_json = spec.to_json()

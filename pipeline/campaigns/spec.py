@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline import keys
 from pipeline.errors import InvalidInputError
 from pipeline.features import FEATURE_COLUMNS
-from pipeline.outbox import CHANNELS
+from pipeline.outbox import CHANNELS, TOPIC_PATTERN
 
 __all__ = [
     "CAMPAIGN_ID_PATTERN",
@@ -228,6 +228,8 @@ class CampaignSpec(BaseModel):
     variants: list[Variant] = Field(min_length=1, max_length=20)
     channel: Literal["inbox", "webhook"] = "inbox"
     lane: Literal["marketing", "transactional"] = "marketing"
+    # The pushes' topic: users who refused it (or the channel) are not picked for marketing.
+    topic: str = ""
     selection: Selection = Field(default_factory=Selection)
     holdout_percent: float = Field(default=10.0, ge=0, lt=100)
     frequency_cap: FrequencyCap | None = None
@@ -240,6 +242,14 @@ class CampaignSpec(BaseModel):
     @classmethod
     def _tenant(cls, value: str) -> str:
         return keys.validate_tenant_id(value)
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if value and not TOPIC_PATTERN.fullmatch(value):
+            raise ValueError(f"a topic is 1-64 of a-z 0-9 _ - starting with a letter or digit, "
+                             f"got {value[:70]!r}")
+        return value
 
     @field_validator("id")
     @classmethod
