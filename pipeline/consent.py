@@ -45,6 +45,7 @@ __all__ = [
     "list_topics",
     "scoped_field",
     "scope_refusers",
+    "has_granted_since_erasure",
     "REQUIRED_PURPOSES",
     "STATUSES",
     "ConsentChange",
@@ -257,6 +258,16 @@ def _change(fields: Mapping[str, str]) -> ConsentChange:
                          fields["policy_version"])
 
 
+def has_granted_since_erasure(r: redis.Redis, tenant_id: str, user_id: str, purpose: str) -> bool:
+    """Whether the user's ledger (which an erasure deletes) ends with ``purpose`` granted."""
+    try:
+        ledger = keys.consent_ledger(tenant_id, user_id)
+    except ValueError as e:
+        raise InvalidInputError("user_id", str(e)) from e
+    last = [f["status"] for _, f in r.xrange(ledger) if f.get("purpose") == purpose]
+    return bool(last) and last[-1] not in _TAKEN
+
+
 def preferences(r: redis.Redis, tenant_id: str, user_id: str) -> Preferences:
     """The user's consent per purpose now and every change recorded, oldest first."""
     try:
@@ -267,6 +278,11 @@ def preferences(r: redis.Redis, tenant_id: str, user_id: str) -> Preferences:
     topics = list_topics(r, tenant_id)
     scopes = [*PURPOSES, *(f"topic:{t.name}" for t in topics), *(f"channel:{c}" for c in CHANNELS)]
     current = {p: ConsentChange(p, "granted", 0.0, "default", "") for p in scopes}
+    from pipeline.subjects import erased_users  # subjects builds on this module
+
+    if not any(c.purpose == "marketing" for c in history) and erased_users(r, tenant_id, [user_id]):
+        # The erasure removed the user's refusal with the rest; marketing waits for a grant.
+        current["marketing"] = ConsentChange("marketing", "denied", 0.0, "erasure", "")
     current.update({c.purpose: c for c in history if c.purpose in current})
     required = REQUIRED_PURPOSES | {f"topic:{t.name}" for t in topics if t.kind == "required"}
     return Preferences(tenant_id, user_id, current, history, frozenset(required))

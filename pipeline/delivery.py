@@ -821,16 +821,11 @@ class DeliveryWorker:
                 if any(name and found[name] is not None for name in names)}
 
     def _erased_without_consent(self, tenant_id: str, users: Sequence[str]) -> list[str]:
-        """The erased users who recorded no consent since: marketing to them stays stopped (the
-        erasure removed their refusal with everything else) until they grant it again."""
+        """The erased users who have not granted marketing since: marketing to them stays
+        stopped (the erasure removed their refusal with everything else) until they do."""
         erased = sorted(subjects.erased_users(self.r, tenant_id, users))
-        if not erased:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for user in erased:
-            pipe.exists(keys.consent_ledger(tenant_id, user))
-        return [user for user, has_ledger in zip(erased, pipe.execute(), strict=True)
-                if not has_ledger]
+        return [user for user in erased
+                if not consent.has_granted_since_erasure(self.r, tenant_id, user, "marketing")]
 
     def _zone(self, raw_profile: str | None) -> ZoneInfo:
         name = "UTC"

@@ -351,7 +351,7 @@ def _validated(push: Push, valid_tenants: set[str]) -> Push:
         raise InvalidInputError("lane", f"must be one of {keys.LANES}, got {push.lane!r}")
     if push.channel not in CHANNELS:
         raise InvalidInputError("channel", f"must be one of {CHANNELS}, got {push.channel!r}")
-    if push.topic and not (isinstance(push.topic, str) and TOPIC_PATTERN.fullmatch(push.topic)):
+    if not isinstance(push.topic, str) or (push.topic and not TOPIC_PATTERN.fullmatch(push.topic)):
         raise InvalidInputError("topic", f"a topic is 1-64 of a-z 0-9 _ - starting with a letter "
                                 f"or digit, got {str(push.topic)[:70]!r}")
     for name in ("title", "body", "campaign_id"):

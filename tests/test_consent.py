@@ -199,12 +199,17 @@ def test_marketing_to_an_erased_user_stays_stopped_until_they_grant_it_again(
     assert status_trail(redis_client, tenant, "m0")[-1] | {"at": 0} == {
         "status": "suppressed", "rule": "consent", "at": 0}
     assert inbox(redis_client, other, "u0") == ["m0"]  # another tenant's same id: not erased there
+    assert consent.preferences(redis_client, tenant, "u0").current["marketing"].source == "erasure"
 
-    consent.record_consent(redis_client, tenant, "u0", {"marketing": "granted"}, source="signup",
-                           policy_version=V1)
-    enqueue(redis_client, [Push(tenant_id=tenant, push_id="m2", user_id="u0", lane="marketing", body="hi")])
-    drain(worker)
-    assert inbox(redis_client, tenant, "u0") == ["t0", "m2"]
+    # Another purpose granted is no marketing grant; a marketing grant is.
+    for push_id, changes in (("m2", {"profiling": "granted"}), ("m3", {"marketing": "granted"})):
+        consent.record_consent(redis_client, tenant, "u0", changes, source="signup", policy_version=V1)
+        enqueue(redis_client, [Push(tenant_id=tenant, push_id=push_id, user_id="u0", lane="marketing",
+                                    body="hi")])
+        drain(worker)
+    assert inbox(redis_client, tenant, "u0") == ["t0", "m3"]
+    assert status_trail(redis_client, tenant, "m2")[-1]["rule"] == "consent"
+    assert consent.preferences(redis_client, tenant, "u0").allows("marketing")
 
 
 @pytest.mark.parametrize("channel", ["inbox", "webhook"])
@@ -265,8 +270,11 @@ def test_topics_and_channels_are_refused_one_by_one_and_a_required_topic_cannot_
             consent.create_topic(redis_client, tenant, name, kind=kind)
     assert [(t.name, t.kind) for t in consent.list_topics(redis_client, tenant)] == [
         ("orders", "required"), ("sales", "optional")]
-    with pytest.raises(InvalidInputError, match="topic"):
-        enqueue(redis_client, [Push(tenant_id=tenant, push_id="p", user_id="u0", topic="Sales!", body="x")])
+    for bad in ("Sales!", None, 0):
+        with pytest.raises(InvalidInputError, match="topic"):
+            enqueue(redis_client, [Push(tenant_id=tenant, push_id="p0", user_id="u0", body="x"),
+                                   Push(tenant_id=tenant, push_id="p1", user_id="u0", topic=bad, body="x")])
+    assert not redis_client.exists(keys.push_status(tenant, "p0"))  # nothing of the call is written
 
 
 @pytest.mark.parametrize("path", ["direct", "rules"])

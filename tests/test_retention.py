@@ -98,15 +98,35 @@ def test_a_history_sweep_keeps_what_arrived_meanwhile_and_leaves_a_history_chang
     redis_client.delete(key)
 
 
-def test_bad_retention_input_is_refused_and_changes_nothing(redis_client: redis.Redis, new_tenant_id):
+def test_stream_trims_are_exact_however_many_entries_are_old(redis_client: redis.Redis, new_tenant_id):
+    tenant_id = new_tenant_id("ret-exact")
+    tenants.create_tenant(redis_client, tenant_id)
+    stream = keys.events_stream(tenant_id)
+    # Old entries (ids of 1970) fill whole and part nodes of the stream; new ones share the last.
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(1, 15_251):
+        pipe.xadd(stream, {"user_id": "u0"}, id=f"{i}-0")
+    for _ in range(50):
+        pipe.xadd(stream, {"user_id": "u1"})
+    pipe.execute()
+    retention.set_policy(redis_client, tenant_id, retention.RetentionPolicy(events_days=1))
+
+    assert retention.sweep(redis_client, tenant_id).removed["events_in_stream"] == 15_250
+    assert redis_client.xlen(stream) == 50
+    assert {f["user_id"] for _, f in redis_client.xrange(stream)} == {"u1"}
+
+
+def test_bad_retention_input_is_refused_by_field(redis_client: redis.Redis, new_tenant_id):
     tenant_id = new_tenant_id("ret")
     tenants.create_tenant(redis_client, tenant_id)
-    retention.set_policy(redis_client, tenant_id, POLICY)
-    for bad in ({"events_days": 0}, {"inbox_days": -3}, {"receipts_days": retention.MAX_DAYS + 1},
-                {"events_days": 1.5}, {"events_days": True}, {"ages": 3}, ["events_days"]):
-        with pytest.raises(InvalidInputError):
+    for bad, field in (({"events_days": 0}, "events_days"), ({"inbox_days": -3}, "inbox_days"),
+                       ({"receipts_days": retention.MAX_DAYS + 1}, "receipts_days"),
+                       ({"events_days": 1.5}, "events_days"), ({"events_days": True}, "events_days"),
+                       ({"ages": 3}, "retention"), (["events_days"], "retention")):
+        with pytest.raises(InvalidInputError) as refused:
             retention.RetentionPolicy.from_json(bad)
-    assert retention.get_policy(redis_client, tenant_id) == POLICY
+        assert refused.value.field == field
+    # Unknown tenants: refused before anything is written (the CLI test covers a bad change).
     with pytest.raises(UnknownTenantError):
         retention.set_policy(redis_client, "no-such-tenant", POLICY)
     with pytest.raises(UnknownTenantError):
