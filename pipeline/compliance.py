@@ -53,6 +53,8 @@ def compliance_report(r: redis.Redis, tenant_id: str, *, inbox_max_len: int,
     pipe.hget(keys.status_counts(tenant_id), "queued")
     features, profiles, hours, quarantined, *denied, events, pushes = pipe.execute()
     with_ledger, versions = _policy_versions(r, tenant_id)
+    scoped: Counter[str] = Counter(field.rpartition("/")[2] for field, _ in r.hscan_iter(
+        keys.consent_denied_scoped(tenant_id), count=_SCAN))
     requests: Counter[str] = Counter()
     for entry in r.xrange(keys.privacy_audit(tenant_id)):
         source = entry[1].get("source", "")
@@ -88,6 +90,9 @@ def compliance_report(r: redis.Redis, tenant_id: str, *, inbox_max_len: int,
             "users_with_a_ledger": with_ledger,
             "share_of_users_with_features": round(with_ledger / features, 4) if features else None,
             "denied_or_revoked": dict(zip(consent.PURPOSES, (int(n) for n in denied), strict=True)),
+            "topics": {t.name: {"kind": t.kind, "refused_by": scoped[f"topic:{t.name}"]}
+                       for t in consent.list_topics(r, tenant_id)},
+            "channels_refused_by": {c: scoped[f"channel:{c}"] for c in consent.CHANNELS},
             "latest_policy_version": dict(sorted(versions.items())),
         },
         "data_subject_requests": {

@@ -106,6 +106,10 @@ def test_the_compliance_report_counts_data_consent_and_requests_per_tenant(redis
     assert report["consent"]["users_with_a_ledger"] == 3
     assert report["consent"]["denied_or_revoked"] == {"marketing": 0, "profiling": 1, "transactional": 0}
     assert report["consent"]["latest_policy_version"] == {"v1": 2, "v2": 1}
+    # Every user refused the topic and the webhook channel; the erased one's refusals went too.
+    assert report["consent"]["topics"] == {"sales": {"kind": "optional", "refused_by": 3}}
+    assert report["consent"]["channels_refused_by"] == {"inbox": 0, "webhook": 3}
+    assert other["consent"]["topics"]["sales"]["refused_by"] == 4
     assert {k: report["data_subject_requests"][k] for k in ("exports", "erasures_recorded", "users_erased")} == {
         "exports": 1, "erasures_recorded": 1, "users_erased": 1}
     assert {k: other["data_subject_requests"][k] for k in ("exports", "erasures_recorded", "users_erased")} == {
