@@ -239,14 +239,17 @@ return 1
 """)
 
 # A channel's marketing push a rule stops (quarantine, consent): record why and acknowledge it.
-# KEYS: status, counts, outbox; ARGV: entry id, now, retention, rule
+# A push waiting to retry is stopped too, and its retry state goes with it.
+# KEYS: status, counts, outbox, retry state; ARGV: entry id, now, retention, rule
 _SUPPRESS = StatusScript(_TAKEN_BACK_LUA + """
 local record = load_record(KEYS[1])
 local is_over = has_status(record, 'delivered') or has_status(record, 'suppressed')
+  or has_status(record, 'dead')
 if not (is_over or is_taken_back(KEYS[3], ARGV[1])) then
   mark(KEYS[1], KEYS[2], 'suppressed', ARGV[2], cjson.encode({rule = ARGV[4]}))
   retain(KEYS[1], ARGV[3])
 end
+redis.call('DEL', KEYS[4])
 redis.call('XACK', KEYS[3], 'delivery', ARGV[1])
 redis.call('XDEL', KEYS[3], ARGV[1])
 return 1
@@ -745,7 +748,8 @@ class DeliveryWorker:
                        now: float) -> ScriptCall:
         entry_id, fields = entry
         return (_SUPPRESS, [keys.push_status(tenant_id, fields["push_id"]),
-                            keys.status_counts(tenant_id), stream],
+                            keys.status_counts(tenant_id), stream,
+                            keys.push_retry(tenant_id, fields["push_id"])],
                 [entry_id, repr(now), self.retention_seconds, rule])
 
     def _inbox_call(

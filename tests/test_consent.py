@@ -320,3 +320,27 @@ def test_an_erasure_removes_the_users_topic_and_channel_refusals(redis_client, t
     subjects.erase_user(redis_client, tenant, "u0", actor="test")
     assert sorted(redis_client.hkeys(keys.consent_denied_scoped(tenant))) == ["u1/channel:inbox", "u1/topic:sales"]
     assert consent.scope_refusers(redis_client, tenant, ["topic:sales"]) == {"u1"}
+
+
+def test_a_revocation_stops_a_webhook_push_waiting_to_retry_and_clears_its_retry_state(
+    redis_client, tenant, endpoint,
+):
+    tenants.set_webhook_url(redis_client, tenant, endpoint.url)
+    endpoint.script["m0"] = [503]  # the endpoint is down once: the push waits to retry
+    enqueue(redis_client, [Push(tenant_id=tenant, push_id="m0", user_id="u0", lane="marketing",
+                                channel="webhook", body="x")])
+    now = [1_900_000_000.0]
+    worker = DeliveryWorker(redis_client, [tenant], consumer="w", claim_idle_ms=0, clock=lambda: now[0],
+                            channels={"webhook": WebhookChannel(redis_client)})
+    worker.deliver_once()
+    assert redis_client.exists(keys.push_retry(tenant, "m0")) and len(endpoint.requests) == 1
+
+    consent.record_consent(redis_client, tenant, "u0", {"marketing": "revoked"}, source="unsubscribe",
+                           policy_version=V1)
+    now[0] += 3600  # past any backoff
+    drain(worker)
+
+    assert len(endpoint.requests) == 1
+    assert status_trail(redis_client, tenant, "m0")[-1]["rule"] == "consent"
+    assert not redis_client.exists(keys.push_retry(tenant, "m0"))
+    assert redis_client.xlen(keys.outbox_stream(tenant, "marketing")) == 0
