@@ -34,12 +34,11 @@ import redis
 
 from pipeline import keys
 from pipeline.errors import InvalidInputError
-from pipeline.outbox import CHANNELS, TOPIC_PATTERN
+from pipeline.outbox import CHANNELS, check_topic
 
 __all__ = [
     "PURPOSES",
     "CHANNELS",
-    "TOPIC_PATTERN",
     "Topic",
     "create_topic",
     "list_topics",
@@ -72,13 +71,6 @@ class Topic:
     description: str = ""
 
 
-def check_topic_name(name: object, field: str = "topic") -> str:
-    if not isinstance(name, str) or not TOPIC_PATTERN.fullmatch(name):
-        raise InvalidInputError(field, f"a topic is 1-64 of a-z 0-9 _ - starting with a letter or "
-                                f"digit, got {str(name)[:70]!r}")
-    return name
-
-
 def create_topic(r: redis.Redis, tenant_id: str, name: str, *, kind: str = "optional",
                  description: str = "") -> Topic:
     """Create or change one of the tenant's topics. A topic may become ``required`` only while
@@ -86,7 +78,7 @@ def create_topic(r: redis.Redis, tenant_id: str, name: str, *, kind: str = "opti
     from pipeline import tenants
 
     tenants.get_tenant(r, tenant_id)
-    check_topic_name(name)
+    check_topic(name)
     if kind not in _KINDS:
         raise InvalidInputError("kind", f"choose from {list(_KINDS)}, got {kind!r}")
     if not isinstance(description, str) or len(description) > 500:

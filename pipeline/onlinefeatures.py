@@ -26,6 +26,7 @@ from pipeline.featurestore import FeatureLayoutError, update_features, update_se
 
 __all__ = [
     "HISTORY_MAX_EVENTS",
+    "HISTORY_DTYPE",
     "FeatureLayoutError",
     "pack_event",
     "events_clock",
@@ -36,7 +37,8 @@ __all__ = [
 # Older events of a user beyond this many are dropped when the user is refreshed.
 HISTORY_MAX_EVENTS = 20_000
 _RECORD = struct.Struct("<qBd")
-_DTYPE = np.dtype([("ns", "<i8"), ("kind", "u1"), ("value", "<f8")])
+#: The history record as a numpy dtype (the same layout as ``_RECORD``).
+HISTORY_DTYPE = np.dtype([("ns", "<i8"), ("kind", "u1"), ("value", "<f8")])
 # The kinds the features tell apart; any other event type counts as a plain event.
 _KINDS = ("other", "session_start", "view", "add_to_cart", "purchase", "push_sent", "push_open")
 _KIND_CODE = {kind: code for code, kind in enumerate(_KINDS)}
@@ -86,7 +88,7 @@ def _histories(r: redis.Redis, tenant_id: str, user_ids: Sequence[str]) -> list[
 
 
 def _events_frame(user_ids: Sequence[str], raws: Sequence[bytes]) -> pd.DataFrame:
-    records = np.frombuffer(b"".join(raws), dtype=_DTYPE)
+    records = np.frombuffer(b"".join(raws), dtype=HISTORY_DTYPE)
     counts = [len(raw) // _RECORD.size for raw in raws]
     return pd.DataFrame({
         "user_id": np.repeat(np.asarray(user_ids, dtype=object), counts),

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CHANNELS",
     "TOPIC_PATTERN",
+    "check_topic",
     "campaign_push_id",
     "MAX_PAYLOAD_BYTES",
     "Push",
@@ -54,6 +55,14 @@ __all__ = [
 CHANNELS = ("inbox", "webhook")
 #: A push's topic, one the tenant created (``pipeline.consent.create_topic``).
 TOPIC_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def check_topic(value: object, field: str = "topic", *, may_be_empty: bool = False) -> str:
+    """``value`` if it is a topic name (or ``""`` when allowed); InvalidInputError otherwise."""
+    if isinstance(value, str) and (TOPIC_PATTERN.fullmatch(value) or (may_be_empty and not value)):
+        return value
+    raise InvalidInputError(field, f"a topic is 1-64 of a-z 0-9 _ - starting with a letter or "
+                            f"digit, got {str(value)[:70]!r}")
 MAX_PAYLOAD_BYTES = 4096
 
 
@@ -351,9 +360,7 @@ def _validated(push: Push, valid_tenants: set[str]) -> Push:
         raise InvalidInputError("lane", f"must be one of {keys.LANES}, got {push.lane!r}")
     if push.channel not in CHANNELS:
         raise InvalidInputError("channel", f"must be one of {CHANNELS}, got {push.channel!r}")
-    if not isinstance(push.topic, str) or (push.topic and not TOPIC_PATTERN.fullmatch(push.topic)):
-        raise InvalidInputError("topic", f"a topic is 1-64 of a-z 0-9 _ - starting with a letter "
-                                f"or digit, got {str(push.topic)[:70]!r}")
+    check_topic(push.topic, may_be_empty=True)
     for name in ("title", "body", "campaign_id"):
         if not isinstance(getattr(push, name), str):
             raise InvalidInputError(name, f"must be a string, got {getattr(push, name)!r}")

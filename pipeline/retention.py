@@ -35,6 +35,7 @@ from redis.client import NEVER_DECODE
 
 from pipeline import keys, tenants
 from pipeline.errors import InvalidInputError
+from pipeline.onlinefeatures import HISTORY_DTYPE
 
 __all__ = ["MAX_DAYS", "RetentionPolicy", "SweepReport", "get_policy", "set_policy", "sweep",
            "last_sweep"]
@@ -44,8 +45,6 @@ _DAY = 86_400
 _SCAN = 1000
 # Histories read per pipeline: each is up to HISTORY_MAX_EVENTS records (about 340 kB).
 _HISTORY_CHUNK = 50
-# The packed history record of pipeline.onlinefeatures: event time (ns, int64), kind, value.
-_RECORD = np.dtype([("ns", "<i8"), ("kind", "u1"), ("value", "<f8")])
 # A status whose push is still on its way: its record stays until the push settles.
 _IN_FLIGHT = ("queued", "sent", "failed")
 
@@ -197,10 +196,10 @@ def _sweep_histories(r: redis.Redis, tenant_id: str, cutoff: float) -> tuple[int
         for key in chunk:
             pipe.execute_command("GET", key, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
         for key, raw in zip(chunk, pipe.execute(), strict=True):
-            usable = len(raw or b"") // _RECORD.itemsize * _RECORD.itemsize
+            usable = len(raw or b"") // HISTORY_DTYPE.itemsize * HISTORY_DTYPE.itemsize
             if not usable:
                 continue  # gone meanwhile, or damaged: the refresh reports a damaged history
-            records = np.frombuffer(raw[:usable], dtype=_RECORD)
+            records = np.frombuffer(raw[:usable], dtype=HISTORY_DTYPE)
             keep = records["ns"] >= cutoff_ns
             if keep.all():
                 continue

@@ -47,6 +47,7 @@ def test_a_full_spec_parses_from_yaml_and_json() -> None:
     (("tenant: shop", "tenant: Shop!"), "tenant", "tenant id must match"),
     (("top_k: 5000", "top_k: 0"), "selection.top_k", "greater than or equal to 1"),
     (("{name: b,", "{name: a,"), "", "variant names must be unique"),
+    (("lane: marketing", "lane: marketing\ntopic: Spring!"), "topic", "a topic is 1-64"),
 ])
 def test_a_bad_spec_names_the_field_and_the_problem(change: tuple[str, str], field: str,
                                                     words: str) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline import keys
 from pipeline.errors import InvalidInputError
 from pipeline.features import FEATURE_COLUMNS
-from pipeline.outbox import CHANNELS, TOPIC_PATTERN
+from pipeline.outbox import CHANNELS, check_topic
 
 __all__ = [
     "CAMPAIGN_ID_PATTERN",
@@ -246,10 +246,7 @@ class CampaignSpec(BaseModel):
     @field_validator("topic")
     @classmethod
     def _topic(cls, value: str) -> str:
-        if value and not TOPIC_PATTERN.fullmatch(value):
-            raise ValueError(f"a topic is 1-64 of a-z 0-9 _ - starting with a letter or digit, "
-                             f"got {value[:70]!r}")
-        return value
+        return check_topic(value, may_be_empty=True)
 
     @field_validator("id")
     @classmethod
