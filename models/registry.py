@@ -8,8 +8,13 @@ import os
 # tenants' training must not phone home. This is the one place library code sets the
 # environment, and it must happen before mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Every model load downloads its version's artifacts; a progress bar per load is noise in logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
 import re  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -20,6 +25,8 @@ import mlflow  # noqa: E402
 import mlflow.sklearn  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import skops.io  # noqa: E402
+import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
@@ -31,9 +38,47 @@ from mlflow.protos.databricks_pb2 import (  # noqa: E402
 
 from models.metrics import calibration_table, uplift_curve  # noqa: E402
 
-__all__ = ["ModelVersionInfo", "ModelRegistry", "registered_name", "CHAMPION_ALIAS"]
+__all__ = [
+    "ModelVersionInfo",
+    "ModelRegistry",
+    "UnsafeModelError",
+    "registered_name",
+    "CHAMPION_ALIAS",
+    "SAFE_TYPES",
+]
 
 CHAMPION_ALIAS = "champion"
+
+# Models are stored with skops, which rebuilds only the types it is told to trust, instead of
+# pickles, which run whatever code the file names. skops trusts scikit-learn's and numpy's own
+# types; these are ours and the few others our models hold. The list lives here, in code: the
+# MLmodel file's own `skops_trusted_types` is part of the artifact and is never read.
+SAFE_TYPES: tuple[str, ...] = (
+    "models.anomaly.BotDetector",
+    "models.calibration.CalibratedModel",
+    "models.propensity.PropensityModel",
+    "models.tabular.LogisticTableModel",
+    "models.tabular.TableModel",
+    "models.uplift.ClassTransformationUplift",
+    "models.uplift.TwoModelUplift",
+    "models.uplift.UpliftModel",
+    "models.uplift.XLearnerUplift",
+    # Trees hold node indices that scikit-learn follows without bounds checks: a crafted file
+    # could read out of bounds at predict. Their indices are checked after loading (_check_trees).
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+    "sklearn.utils.validation.check_array",
+    "functools.partial",
+    "numpy.dtype",
+)
+# The model version tag holding the sha256 of its model.skops, checked before every load.
+_DIGEST_TAG = "model_sha256"
+_MODEL_FILE = "model.skops"
+
+
+class UnsafeModelError(Exception):
+    """A stored model that pushpilot refuses to load: a pickle, a file whose digest is not the
+    one recorded when it was logged, or one naming a type outside ``SAFE_TYPES``."""
 
 _TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -163,18 +208,23 @@ class ModelRegistry:
                 model_info = mlflow.sklearn.log_model(
                     model,
                     name="model",
-                    serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+                    serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+                    skops_trusted_types=list(SAFE_TYPES),
                     signature=signature,
                     input_example=example,
                     pyfunc_predict_fn=predict_fn,
                     # Inferring requirements starts a subprocess that reloads the model,
                     # seconds per log; loading also needs pushpilot itself, which is not on PyPI.
                     pip_requirements=mlflow.sklearn.get_default_pip_requirements(
-                        include_cloudpickle=True
+                        include_skops=True
                     ),
                     registered_model_name=name,
                 )
         version = int(model_info.registered_model_version)
+        # The digest goes in the registry's database, apart from the artifact it vouches for:
+        # whoever can rewrite the artifact store cannot make a changed model load.
+        with tempfile.TemporaryDirectory() as tmp:
+            tags[_DIGEST_TAG] = _sha256(self._download_model(name, version, Path(tmp)))
         for key, value in tags.items():
             self._client.set_model_version_tag(name, str(version), key, value)
 
@@ -327,9 +377,50 @@ class ModelRegistry:
         return None if version is None else int(version)
 
     def _load_version(self, name: str, version: int) -> Any:
+        """The model of one version, rebuilt by skops from a file whose digest matches the one
+        recorded at logging; UnsafeModelError for a pickle, a changed file or an unknown type."""
+        label = f"{name} v{version}"
+        recorded = self._client.get_model_version(name, str(version)).tags.get(_DIGEST_TAG)
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = self._download_model(name, version, Path(tmp)).parent
+            flavor = yaml.safe_load((model_dir / "MLmodel").read_text()).get("flavors", {})
+            fmt = flavor.get("sklearn", {}).get("serialization_format")
+            if fmt != mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS:
+                raise UnsafeModelError(
+                    f"{label} is stored as {fmt or 'an unknown format'}, which runs code when "
+                    "loaded; pushpilot loads only skops models. Retrain it (pushpilot model "
+                    "train) to store a safe version"
+                )
+            data = (model_dir / _MODEL_FILE).read_bytes()
+        if recorded is None:
+            raise UnsafeModelError(f"{label} has no recorded digest ({_DIGEST_TAG} tag); "
+                                   "retrain it to store a version that can be checked")
+        if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), recorded):
+            raise UnsafeModelError(
+                f"{label}: {_MODEL_FILE} is not the file that was logged (its sha256 differs "
+                "from the registry's); refusing to load a changed model artifact"
+            )
+        try:
+            untrusted = skops.io.get_untrusted_types(data=data)
+        except Exception as e:  # a file skops cannot even parse is as refused as a changed one
+            raise UnsafeModelError(f"{label}: {_MODEL_FILE} is not a readable skops file: {e}") from e
+        unknown = sorted(set(untrusted) - set(SAFE_TYPES))
+        if unknown:
+            raise UnsafeModelError(f"{label} names types outside SAFE_TYPES: {', '.join(unknown)}")
+        model = skops.io.loads(data, trusted=list(SAFE_TYPES))
+        _check_trees(model, None, set(), label)
+        return model
+
+    def _download_model(self, name: str, version: int, into: Path) -> Path:
+        """A local copy of one version's model directory; returns the path of its model file."""
+        import mlflow.artifacts
+
         with _FLUENT_LOCK:
             self._use_our_uris()
-            return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(into)
+            )
+        return Path(local) / _MODEL_FILE
 
     def _experiment_id(self, tenant_id: str) -> str:
         experiment_name = _experiment_name(tenant_id)
@@ -350,6 +441,60 @@ class ModelRegistry:
     def _use_our_uris(self) -> None:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+
+
+def _check_trees(obj: Any, n_features: int | None, seen: set[int], label: str) -> None:
+    """Refuse a loaded model whose trees point outside themselves or their input.
+
+    skops rebuilds a tree's arrays as stored; scikit-learn's predict then follows node and
+    feature indices without bounds checks, so an out-of-range one would read or crash outside
+    the arrays. ``n_features`` is the input width of the nearest enclosing estimator.
+    """
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+    from sklearn.tree._tree import Tree
+
+    if id(obj) in seen or isinstance(obj, (np.ndarray, str, bytes, int, float, type)):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, TreePredictor):
+        nodes = obj.nodes
+        inner = nodes[nodes["is_leaf"] == 0]
+        n_bitsets = len(obj.raw_left_cat_bitsets)
+        width = np.iinfo(np.int64).max if n_features is None else n_features
+        is_bad = (
+            np.any((inner["left"] >= len(nodes)) | (inner["right"] >= len(nodes)))
+            or np.any(inner["feature_idx"] >= width)
+            or np.any(inner["is_categorical"].astype(bool) & (inner["bitset_idx"] >= n_bitsets))
+        )
+    elif isinstance(obj, Tree):
+        count = obj.node_count
+        inner = obj.children_left != -1
+        is_bad = (
+            len(obj.children_left) != count or len(obj.value) != count
+            or np.any((obj.children_left[inner] < 0) | (obj.children_left[inner] >= count))
+            or np.any((obj.children_right[inner] < 0) | (obj.children_right[inner] >= count))
+            or np.any((obj.feature[inner] < 0) | (obj.feature[inner] >= obj.n_features))
+            or (n_features is not None and obj.n_features != n_features)
+        )
+    else:
+        if isinstance(obj, dict):
+            children = list(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            children = list(obj)
+        else:
+            children = list(getattr(obj, "__dict__", {}).values())
+            width = getattr(obj, "n_features_in_", None)
+            n_features = int(width) if isinstance(width, (int, np.integer)) else n_features
+        for child in children:
+            _check_trees(child, n_features, seen, label)
+        return
+    if is_bad:
+        raise UnsafeModelError(f"{label} holds a tree whose node or feature indices are out of "
+                               "range; refusing to predict with it")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _log_plots(y: np.ndarray[Any, Any], p: np.ndarray[Any, Any]) -> None:

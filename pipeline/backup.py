@@ -10,8 +10,9 @@ an HMAC-SHA256 of the manifest under the operator's backup key (``BackupKey``).
 A restore trusts nothing in an archive it has not verified: it checks the signature before it
 extracts anything, every file's sha256 against the signed manifest, then that every key,
 API key digest and model of the archive belongs to a tenant the caller named, before it writes
-anything. Model artifacts are pickles that run code when loaded, so only a signed archive's
-reach the registry. A corrupt, unsigned, tampered or foreign archive restores nothing.
+anything. Model artifacts are skops files that restore copies but never loads (loading checks
+their digest and types: ``models.registry``); only a signed archive's reach the registry. A
+corrupt, unsigned, tampered or foreign archive restores nothing.
 
 The tenant's plan, webhook URL, privacy policy and secret are Redis keys of the tenant, so they
 travel with it. Each key is copied atomically, but a backup of a tenant taking writes is not
@@ -500,7 +501,7 @@ def _confine(r: redis.Redis, root: Path, meta: dict[str, Any], target: str) -> N
             registered_name(target, model["kind"])
             for version in model["versions"]:
                 int(version["version"])
-                # Model artifacts are pickles: only the named tenant's own folder is imported.
+                # Only the named tenant's own model folders are imported.
                 for folder in (version["model_dir"], version["run_dir"]):
                     if folder is None:
                         continue

@@ -363,7 +363,7 @@ def _attack(r: redis.Redis, folder: Path, marker: Path) -> str:
     ])
     attacker_key = "ppk_deadbeef_" + "x" * 43
     _map_api_key(folder, "mallory", tenants.key_digest(attacker_key), "bank")
-    pickles = sorted((folder / "tenants" / "mallory" / "models").rglob("model.pkl"))
+    pickles = sorted((folder / "tenants" / "mallory" / "models").rglob("model.skops"))
     assert pickles
     for path in pickles:
         path.write_bytes(pickle.dumps(_RunsCodeWhenUnpickled(marker)))

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io as skops_io
 
 from models.anomaly import BotDetector
 from models.metrics import roc_auc
 from models.propensity import PropensityModel
-from models.registry import ModelRegistry, ModelVersionInfo, registered_name
+from models.registry import (
+    SAFE_TYPES,
+    ModelRegistry,
+    ModelVersionInfo,
+    UnsafeModelError,
+    registered_name,
+)
 
 
 def _features(seed: int, n_users: int = 600) -> tuple[pd.DataFrame, np.ndarray]:
@@ -189,7 +197,7 @@ def test_artifacts_land_under_the_artifact_root_not_the_working_directory(
     assert not (tmp_path / "mlruns").exists()
     assert list(tmp_path.iterdir()) == []
     tenant_files = {p.name for p in (store / "artifacts" / "files").rglob("*") if p.is_file()}
-    assert {"MLmodel", "model.pkl", "roc.png", "calibration.png"} <= tenant_files
+    assert {"MLmodel", "model.skops", "roc.png", "calibration.png"} <= tenant_files
     assert info.run_id
 
 
@@ -213,3 +221,118 @@ def test_each_kind_has_its_own_champion(registry, data, good_model):
     loaded, version = registry.load_champion("kinds", "bot")
     assert version == 1
     np.testing.assert_array_equal(loaded.predict(X), detector.predict(X))
+
+
+class _RunsCodeWhenLoaded:
+    """What an attacker plants in a model file: rebuilding it writes a marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+    def __setstate__(self, state):
+        Path(state["marker"]).write_text("ran")
+
+
+def _model_file(store: Path, tenant_id: str) -> Path:
+    (found,) = (store / "artifacts" / tenant_id).rglob("model.skops")
+    return found
+
+
+def test_a_changed_model_file_is_refused_at_load(registry, store, data, good_model, bad_model):
+    _log(registry, "tampered", good_model, data)
+    path = _model_file(store, "tampered")
+    registry.load_champion("tampered")  # the untouched file loads
+
+    # Someone with write access to the artifact store swaps in another valid model.
+    path.write_bytes(skops_io.dumps(bad_model))
+
+    with pytest.raises(UnsafeModelError, match="not the file that was logged"):
+        registry.load_champion("tampered")
+
+
+def test_a_model_file_naming_an_unknown_type_is_refused_even_with_a_matching_digest(
+    registry, store, data, good_model, tmp_path
+):
+    info = _log(registry, "planted", good_model, data)
+    marker = tmp_path / "code-ran"
+    path = _model_file(store, "planted")
+    path.write_bytes(skops_io.dumps(_RunsCodeWhenLoaded(str(marker))))
+    # The attacker can write the registry's database too, and records the new file's digest.
+    registry._client.set_model_version_tag(
+        "pushpilot.planted.propensity", str(info.version), "model_sha256",
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+
+    with pytest.raises(UnsafeModelError, match="outside SAFE_TYPES: .*_RunsCodeWhenLoaded"):
+        registry.load_champion("planted")
+    assert not marker.exists()
+
+
+def test_a_pickled_model_is_refused_without_being_unpickled(registry, store, data, tmp_path):
+    """A version stored as a pickle (by an older pushpilot, or planted) never runs at load."""
+    import mlflow
+    import mlflow.sklearn
+
+    marker = tmp_path / "pickle-ran"
+    X, _ = data["holdout"]
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    mlflow.set_registry_uri(registry.tracking_uri)
+    experiment = mlflow.create_experiment("pickled", (store / "artifacts" / "pickled").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.sklearn.log_model(
+            _RunsCodeWhenLoaded(str(marker)), name="model",
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            registered_model_name="pushpilot.pickled.propensity",
+        )
+    registry.promote("pickled", "propensity", 1)
+    marker.unlink(missing_ok=True)  # MLflow itself reloads what it has just pickled
+
+    with pytest.raises(UnsafeModelError, match="stored as cloudpickle, which runs code"):
+        registry.load_champion("pickled")
+    assert not marker.exists()
+
+
+def test_every_kind_of_model_we_train_is_stored_with_types_from_the_allow_list(data, good_model):
+    """A model type added to models/ without its entry in SAFE_TYPES fails here, not at log."""
+    from models.calibration import CalibratedModel, fit_calibrator
+    from models.tabular import LogisticTableModel, TableModel
+    from models.uplift import LEARNERS, UpliftModel
+
+    X, y = data["train"]
+    X = X.assign(segment=np.where(X["sessions_7d"] > 3, "busy", "quiet"))
+    treated = np.random.default_rng(1).integers(0, 2, len(X))
+    table = LogisticTableModel().fit(X, y)
+    fitted = [
+        good_model,
+        BotDetector(n_estimators=10, random_state=0).fit(data["train"][0]),
+        TableModel(max_iter=20).fit(X, y),
+        LogisticTableModel().fit(X, y),
+        CalibratedModel(table, "isotonic", fit_calibrator("isotonic", table.predict_proba(X)[:, 1], y)),
+        UpliftModel(learners=LEARNERS, cv_folds=2).fit(X, y, treated),
+    ]
+    for model in fitted:
+        untrusted = set(skops_io.get_untrusted_types(data=skops_io.dumps(model)))
+        assert untrusted <= set(SAFE_TYPES), (type(model).__name__, untrusted - set(SAFE_TYPES))
+
+
+def test_a_tree_pointing_outside_itself_is_refused_even_with_a_matching_digest(
+    registry, store, data, good_model
+):
+    """Trusted types, crafted values: a node index past the tree would be read out of bounds."""
+    info = _log(registry, "crafted-tree", good_model, data)
+    crafted = skops_io.loads(skops_io.dumps(good_model), trusted=list(SAFE_TYPES))
+    predictors = [p for stage in crafted.model_._predictors for p in stage]
+    (root,) = np.flatnonzero(predictors[0].nodes["is_leaf"] == 0)[:1]
+    predictors[0].nodes["left"][root] = 10**6
+    path = _model_file(store, "crafted-tree")
+    path.write_bytes(skops_io.dumps(crafted))
+    registry._client.set_model_version_tag(
+        "pushpilot.crafted-tree.propensity", str(info.version), "model_sha256",
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+
+    with pytest.raises(UnsafeModelError, match="node or feature indices are out of range"):
+        registry.load_champion("crafted-tree")
