@@ -21,7 +21,7 @@ from redis.commands.core import Script
 
 from models.anomaly import BotDetector
 from models.streaming import RateBurstDetector
-from pipeline import keys
+from pipeline import audit, keys
 from pipeline.config import GuardSettings
 
 __all__ = [
@@ -36,11 +36,15 @@ __all__ = [
     "is_throttled",
     "burst_detector",
     "list_alerts",
+    "traffic_history",
     "clear_alert",
 ]
 
 # Seconds of counts a series keeps in Redis; older ones are processed or dropped.
 _COUNT_RETENTION_SECONDS = 3600
+# Guard rounds kept in the traffic history (one entry per round and busy series): about a day
+# of one busy key at one round a second.
+_HISTORY_ENTRIES = 100_000
 # How often observe_traffic reads again when an operator's clear lands between its read and write.
 _COMMIT_TRIES = 3
 
@@ -173,6 +177,10 @@ def observe_traffic(r: redis.Redis, tenant_id: str, series: str, now_seconds: fl
                                 "quiet_seconds": quiet})
         if _COMMIT(keys=[state_key, counts_key], args=[series, raw_state or "", new_state, *done],
                    client=r):
+            seen = sorted((s, c) for s, c in counts.items() if s <= last_done and c)
+            if seen:
+                r.xadd(keys.traffic_history(tenant_id), {"series": series, "counts": json.dumps(seen)},
+                       maxlen=_HISTORY_ENTRIES, approximate=True)
             return [_raise_alert(r, tenant_id, series, second, rate, baseline,
                                  config.throttle_seconds)
                     for second, rate, baseline in bursts]
@@ -190,6 +198,8 @@ def _raise_alert(r: redis.Redis, tenant_id: str, series: str, second: int, rate:
     alert_id = alert_id.decode() if isinstance(alert_id, bytes) else str(alert_id)
     r.hset(keys.throttles(tenant_id), series, json.dumps(
         {"until": second + throttle_seconds, "reason": reason, "alert_id": alert_id}))
+    audit.record(r, tenant_id, "guard", "guard.throttled", series, alert_id=alert_id,
+                 reason=reason, throttle_seconds=throttle_seconds)
     return TrafficAlert(alert_id, tenant_id, series, second, rate, baseline, reason, action)
 
 
@@ -201,6 +211,20 @@ def throttled_until(raw_throttle: str | bytes | None) -> float:
 def is_throttled(r: redis.Redis, tenant_id: str, series: str, now_seconds: float) -> bool:
     """Whether the guard throttles this series now (answer its requests with 429)."""
     return throttled_until(r.hget(keys.throttles(tenant_id), series)) > now_seconds
+
+
+def traffic_history(r: redis.Redis, tenant_id: str, start: float,
+                    end: float) -> dict[str, dict[int, int]]:
+    """Requests per series and epoch second in [start, end], from what the guard has consumed."""
+    out: dict[str, dict[int, int]] = {}
+    # An entry is written once its seconds are done: up to a guard round after the last of them.
+    for _, fields in r.xrange(keys.traffic_history(tenant_id), min=str(int(start * 1000))):
+        series = _text(fields.get("series", fields.get(b"series", b"")))
+        for second, count in json.loads(_text(fields.get("counts", fields.get(b"counts", b"[]")))):
+            if start <= second <= end:
+                per = out.setdefault(series, {})
+                per[int(second)] = per.get(int(second), 0) + int(count)
+    return out
 
 
 def list_alerts(r: redis.Redis, tenant_id: str, include_cleared: bool = False) -> list[dict[str, str]]:

@@ -45,6 +45,10 @@ __all__ = [
     "retention",
     "privacy_policy",
     "privacy_audit",
+    "audit",
+    "audit_once",
+    "traffic_history",
+    "incidents",
     "traffic_counts",
     "traffic_state",
     "throttles",
@@ -246,9 +250,31 @@ def privacy_audit(tenant_id: str) -> str:
     return f"{_tenant(tenant_id)}:privacy-audit"
 
 
+def audit(tenant_id: str) -> str:
+    """Stream: the tenant's audit trail (``pipeline.audit``), appended to and never trimmed."""
+    return f"{_tenant(tenant_id)}:audit"
+
+
+def audit_once(tenant_id: str, what: str) -> str:
+    """String with a TTL: an event of ``what`` (a key's use, a refused key) was audited lately,
+    so a hammering client adds one entry per period, not one per request."""
+    return f"{_tenant(tenant_id)}:audit-once:{what}"
+
+
 def traffic_counts(tenant_id: str, series: str) -> str:
     """Hash: epoch second -> requests in that second, for one traffic series (an API key, ...)."""
     return f"{_tenant(tenant_id)}:traffic:{_part('series', series)}"
+
+
+def traffic_history(tenant_id: str) -> str:
+    """Stream: per guard round and series, the finished seconds' request counts (JSON), capped,
+    so an incident report can plot the traffic after the guard has consumed the counts."""
+    return f"{_tenant(tenant_id)}:traffic-history"
+
+
+def incidents(tenant_id: str) -> str:
+    """Hash: incident id -> JSON record (``pipeline.incidents``): state, times, actions."""
+    return f"{_tenant(tenant_id)}:incidents"
 
 
 def traffic_state(tenant_id: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from pipeline import consent, keys, tenants
+from pipeline import audit, consent, keys, tenants
 from pipeline.errors import InvalidInputError
 from pipeline.outbox import campaign_push_id, entry_content
 from pipeline.receipts import status_trails
@@ -227,6 +227,12 @@ def export_user(r: redis.Redis, tenant_id: str, user_id: str,
         "consent": prefs.as_json(),
     }
     is_empty = not any(v for k, v in body.items() if k != "consent") and not prefs.history
+    if actor is not None:
+        # The audit trail names the user as the erasure tombstone does, by a keyed digest, and
+        # records an export that found nothing too (asking is an access as well).
+        audit.record(r, tenant_id, actor, "user.exported",
+                     f"user:{_digest(tenants.tenant_secret(r, tenant_id), user_id)}",
+                     found=not is_empty)
     if is_empty:
         return None
     if actor is not None:
@@ -287,6 +293,7 @@ def erase_user(r: redis.Redis, tenant_id: str, user_id: str, *, actor: str) -> E
         "campaign_assignments": len(held.arms),
     }
     _audit(r, tenant_id, f"erase by {actor}", {**removed, "users": 1}, column="erasure")
+    audit.record(r, tenant_id, actor, "user.erased", f"user:{_digest(secret, user_id)}", **removed)
     return ErasureReport(tenant_id, removed)
 
 

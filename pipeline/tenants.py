@@ -1,4 +1,10 @@
-"""Tenants, their API keys (stored hashed, shown once) and their secrets, in Redis."""
+"""Tenants, their API keys (stored hashed, shown once) and their secrets, in Redis.
+
+An API key expires (``DEFAULT_KEY_DAYS`` unless asked otherwise), can be rotated (the new key is
+valid at once, the old one until the end of a grace period, so clients switch without
+downtime) and revoked (refused from then on; the API's key cache holds a key for half a second).
+Creating, rotating and revoking a key are audit entries (``pipeline.audit``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,11 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
-from pipeline import keys
+from pipeline import audit, keys
 from pipeline.errors import AuthError, InvalidInputError, TenantExistsError, UnknownTenantError
 
 __all__ = [
@@ -25,7 +32,12 @@ __all__ = [
     "list_tenants",
     "tenant_exists",
     "create_api_key",
+    "list_api_keys",
+    "rotate_api_key",
+    "revoke_api_key",
     "authenticate",
+    "DEFAULT_KEY_DAYS",
+    "MAX_KEY_DAYS",
     "tenant_secret",
     "issue_user_token",
     "verify_user_token",
@@ -34,8 +46,12 @@ __all__ = [
     "set_webhook_url",
     "webhook_url",
     "key_digest",
+    "key_id_of",
 ]
 
+DEFAULT_KEY_DAYS = 90
+MAX_KEY_DAYS = 3650
+_DAY = 86_400.0
 SCOPES = ("events:write", "score", "push:send", "campaigns:write", "models:write", "consent", "admin")
 _KEY_PREFIX = "ppk_"
 
@@ -100,6 +116,16 @@ class ApiKey:
     tenant_id: str
     key_id: str
     scopes: tuple[str, ...]
+    # Epoch seconds after which the key is refused; None for keys made before keys expired.
+    expires_at: float | None = None
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+def key_id_of(api_key: str) -> str:
+    """The public id inside a key (``ppk_<id>_<secret>``), as key lists and the audit show it."""
+    return api_key.removeprefix(_KEY_PREFIX).split("_", 1)[0]
 
 
 def key_digest(api_key: str) -> str:
@@ -177,28 +203,128 @@ def tenant_secret(r: redis.Redis, tenant_id: str) -> bytes:
     return bytes.fromhex(secret)
 
 
-def create_api_key(r: redis.Redis, tenant_id: str, scopes: list[str] | tuple[str, ...]) -> str:
-    """A new key for the tenant; the caller shows it once, we keep only its hash."""
+def _check_days(days: float) -> float:
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= MAX_KEY_DAYS:
+        raise InvalidInputError("expires_days", f"must be more than 0 and at most {MAX_KEY_DAYS}, "
+                                f"got {days!r}")
+    return float(days)
+
+
+def create_api_key(
+    r: redis.Redis,
+    tenant_id: str,
+    scopes: list[str] | tuple[str, ...],
+    *,
+    expires_days: float = DEFAULT_KEY_DAYS,
+    actor: str = "system",
+) -> str:
+    """A new key for the tenant, valid for ``expires_days``; the caller shows it once, we keep
+    only its hash."""
     if not tenant_exists(r, tenant_id):
         raise UnknownTenantError(tenant_id)
-    if not scopes:
-        raise InvalidInputError("scopes", f"give at least one of {', '.join(SCOPES)}")
+    if not scopes or isinstance(scopes, str):
+        raise InvalidInputError("scopes", f"give a list of at least one of {', '.join(SCOPES)}")
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown:
         raise InvalidInputError("scopes", f"unknown {unknown}; known scopes are {', '.join(SCOPES)}")
+    lifetime = _check_days(expires_days) * _DAY
+    return _add_key(r, tenant_id, sorted(set(scopes)), time.time() + lifetime, actor,
+                    "key.created")
+
+
+def _add_key(r: redis.Redis, tenant_id: str, scopes: list[str], expires_at: float, actor: str,
+             action: str, **detail: object) -> str:
     key_id = secrets.token_hex(4)
     api_key = f"{_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     digest = _hash_key(api_key)
-    record = json.dumps({"key_id": key_id, "scopes": sorted(set(scopes)), "created_at": time.time()})
+    record = json.dumps({"key_id": key_id, "scopes": scopes, "created_at": time.time(),
+                         "expires_at": expires_at})
     pipe = r.pipeline(transaction=True)
     pipe.hset(keys.api_key_index(), digest, tenant_id)
     pipe.hset(keys.tenant_api_keys(tenant_id), digest, record)
+    audit.record(pipe, tenant_id, actor, action, f"key:{key_id}", scopes=scopes,
+                 expires_at=round(expires_at, 3), **detail)
     pipe.execute()
     return api_key
 
 
-def authenticate(r: redis.Redis, api_key: str) -> ApiKey:
-    """The key's tenant and scopes, or AuthError for a key we do not know."""
+def list_api_keys(r: redis.Redis, tenant_id: str) -> list[dict[str, object]]:
+    """The tenant's keys (never the keys themselves), oldest first: id, scopes, created, expiry,
+    revocation, and ``state``: ``valid``, ``expired`` or ``revoked``."""
+    if not tenant_exists(r, tenant_id):
+        raise UnknownTenantError(tenant_id)
+    now = time.time()
+    found = []
+    for record in r.hvals(keys.tenant_api_keys(tenant_id)):
+        data = json.loads(record)
+        expires_at = data.get("expires_at")
+        state = ("revoked" if data.get("revoked_at") else
+                 "expired" if expires_at is not None and now >= expires_at else "valid")
+        found.append({"key_id": data["key_id"], "scopes": data["scopes"],
+                      "created_at": data["created_at"], "expires_at": expires_at,
+                      "revoked_at": data.get("revoked_at"), "state": state})
+    return sorted(found, key=lambda k: (k["created_at"], k["key_id"]))
+
+
+def _find_key(r: redis.Redis, tenant_id: str, key_id: str) -> tuple[str, dict[str, Any]]:
+    if not tenant_exists(r, tenant_id):
+        raise UnknownTenantError(tenant_id)
+    if not isinstance(key_id, str) or not key_id:
+        raise InvalidInputError("key_id", "give the id a key list shows, e.g. 3f9a0c1e")
+    for digest, record in r.hgetall(keys.tenant_api_keys(tenant_id)).items():
+        data = json.loads(record)
+        if data["key_id"] == key_id:
+            return digest, data
+    raise InvalidInputError("key_id", f"tenant {tenant_id!r} has no key {key_id!r}; "
+                            "see `pushpilot key list`")
+
+
+def rotate_api_key(
+    r: redis.Redis,
+    tenant_id: str,
+    key_id: str,
+    *,
+    grace_seconds: float = _DAY,
+    expires_days: float = DEFAULT_KEY_DAYS,
+    actor: str = "system",
+) -> tuple[str, float]:
+    """A new key with the old one's scopes; the old one stays valid for ``grace_seconds`` more
+    (or until its own expiry, if sooner). Returns the new key and the old one's new expiry."""
+    if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, (int, float)) or not (
+        0 <= grace_seconds <= 30 * _DAY
+    ):
+        raise InvalidInputError("grace_seconds", f"must be 0 to {int(30 * _DAY)}, got "
+                                f"{grace_seconds!r}")
+    lifetime = _check_days(expires_days) * _DAY
+    digest, data = _find_key(r, tenant_id, key_id)
+    if data.get("revoked_at"):
+        raise InvalidInputError("key_id", f"key {key_id!r} is revoked; create a new key instead")
+    now = time.time()
+    old_expiry = data.get("expires_at")
+    ends = now + grace_seconds
+    data["expires_at"] = ends if old_expiry is None else min(float(old_expiry), ends)
+    r.hset(keys.tenant_api_keys(tenant_id), digest, json.dumps(data))
+    new_key = _add_key(r, tenant_id, list(data["scopes"]), now + lifetime, actor, "key.rotated",
+                       replaces=key_id, old_expires_at=round(data["expires_at"], 3))
+    return new_key, float(data["expires_at"])
+
+
+def revoke_api_key(r: redis.Redis, tenant_id: str, key_id: str, *, actor: str = "system") -> None:
+    """Refuse the key from now on (within the API's half-second key cache). Revoking a revoked
+    key changes nothing."""
+    digest, data = _find_key(r, tenant_id, key_id)
+    if data.get("revoked_at"):
+        return
+    data["revoked_at"] = time.time()
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(keys.tenant_api_keys(tenant_id), digest, json.dumps(data))
+    audit.record(pipe, tenant_id, actor, "key.revoked", f"key:{key_id}")
+    pipe.execute()
+
+
+def authenticate(r: redis.Redis, api_key: str, now: float | None = None) -> ApiKey:
+    """The key's tenant and scopes, or AuthError for a key we do not know, or one expired or
+    revoked. A refused key of a known tenant is audited, at most once a minute per key."""
     if not api_key or not api_key.startswith(_KEY_PREFIX):
         raise AuthError("missing or malformed API key")
     digest = _hash_key(api_key)
@@ -207,7 +333,17 @@ def authenticate(r: redis.Redis, api_key: str) -> ApiKey:
     if not tenant_id or not record:
         raise AuthError("unknown API key")
     data = json.loads(record)
-    return ApiKey(tenant_id=tenant_id, key_id=data["key_id"], scopes=tuple(data["scopes"]))
+    key = ApiKey(tenant_id=tenant_id, key_id=data["key_id"], scopes=tuple(data["scopes"]),
+                 expires_at=data.get("expires_at"))
+    now = time.time() if now is None else now
+    refused = ("revoked" if data.get("revoked_at") else
+               "expired" if key.is_expired(now) else None)
+    if refused:
+        audit.record_once(r, tenant_id, f"refused:{key.key_id}", 60, f"key:{key.key_id}",
+                          "key.refused", f"key:{key.key_id}", reason=refused)
+        raise AuthError(f"API key {key.key_id} is {refused}; use a valid key "
+                        "(pushpilot key list shows them)")
+    return key
 
 
 def _b64(data: bytes) -> str:

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from pipeline import campaigns, consent, guard, keys, outbox, receipts, subjects, tenants
+from models.registry import UnsafeModelError
+from pipeline import audit, campaigns, consent, guard, keys, outbox, receipts, subjects, tenants
 from pipeline.apilimit import Admission, admit_request
 from pipeline.campaigns import runner
 from pipeline.campaigns.report import run_report
@@ -148,7 +149,8 @@ app.add_middleware(_BodyLimitAndMetrics)
 
 _USER_ID = USER_ID_PATTERN
 DEFAULT_SEND_HOUR = 19
-_KEY_CACHE_SECONDS = 5.0
+# A revoked or expired key is refused within this (the issue asks for a second).
+_KEY_CACHE_SECONDS = 0.5
 _POLICY_CACHE_SECONDS = 5.0
 # An event from before 1970 or more than a day ahead of our clock is a client's bug, not behaviour.
 _EVENT_MAX_AHEAD_SECONDS = 86_400
@@ -225,6 +227,18 @@ class PreferencesRequest(BaseModel):
     def changes(self) -> dict[str, str]:
         return {**self.purposes, **{f"topic:{k}": v for k, v in self.topics.items()},
                 **{f"channel:{k}": v for k, v in self.channels.items()}}
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scopes: list[str] = Field(min_length=1)
+    expires_days: float = Field(default=tenants.DEFAULT_KEY_DAYS, gt=0, le=tenants.MAX_KEY_DAYS)
+
+
+class RotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grace_seconds: float = Field(default=86_400, ge=0, le=30 * 86_400)
+    expires_days: float = Field(default=tenants.DEFAULT_KEY_DAYS, gt=0, le=tenants.MAX_KEY_DAYS)
 
 
 class TopicRequest(BaseModel):
@@ -383,6 +397,8 @@ class Api:
             raise HTTPException(401, "send 'Authorization: Bearer <api key>'")
         key, plan = self._key_and_plan(authorization.removeprefix("Bearer ").strip())
         if scope not in key.scopes and "admin" not in key.scopes:
+            audit.record_once(self._r, key.tenant_id, f"denied:{key.key_id}:{scope}", 60,
+                              f"key:{key.key_id}", "auth.denied", f"key:{key.key_id}", scope=scope)
             raise HTTPException(403, f"this key lacks the {scope!r} scope")
         series = f"key:{key.key_id}"
         self._seen_series.add((key.tenant_id, series))
@@ -405,11 +421,16 @@ class Api:
         now = time.monotonic()
         cached = self._key_cache.get(digest)
         if cached is not None and cached[2] > now:
-            return cached[0], cached[1]
+            if cached[0].is_expired(time.time()):
+                self._key_cache.pop(digest, None)
+            else:
+                return cached[0], cached[1]
         try:
             key = tenants.authenticate(self._r, api_key)
         except AuthError as e:
             raise HTTPException(401, str(e)) from None
+        audit.record_once(self._r, key.tenant_id, f"used:{key.key_id}", 3600, f"key:{key.key_id}",
+                          "key.used", f"key:{key.key_id}")
         plan = tenants.get_tenant(self._r, key.tenant_id).plan
         if len(self._key_cache) > 10_000:
             self._key_cache.clear()
@@ -435,12 +456,73 @@ class Api:
         policy, secret = self._privacy(tenant_id)
         return self._screen.user_ids(user_ids, policy, secret, field)
 
+    def _audit(self, key: tenants.ApiKey, action: str, target: str = "", **detail: Any) -> None:
+        audit.record(self._r, key.tenant_id, f"key:{key.key_id}", action, target, **detail)
+
+    @app.get("/v1/keys")
+    def list_keys(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """The tenant's API keys: id, scopes, expiry, state; never the keys themselves."""
+        key = self._auth(authorization, "admin")
+        self._audit(key, "key.listed")
+        return {"keys": tenants.list_api_keys(self._r, key.tenant_id)}
+
+    @app.post("/v1/keys", status_code=201)
+    def create_key(self, request: KeyRequest,
+                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """A new key of the tenant: `{"scopes": [...], "expires_days": 90}`; shown only here."""
+        key = self._auth(authorization, "admin")
+        made = tenants.create_api_key(self._r, key.tenant_id, request.scopes,
+                                      expires_days=request.expires_days,
+                                      actor=f"key:{key.key_id}")
+        return {"key": made, **self._key_record(key.tenant_id, made)}
+
+    def _key_record(self, tenant_id: str, api_key: str) -> dict[str, Any]:
+        key_id = tenants.key_id_of(api_key)
+        return next(k for k in tenants.list_api_keys(self._r, tenant_id) if k["key_id"] == key_id)
+
+    @app.post("/v1/keys/{key_id}/rotate", status_code=201)
+    def rotate_key(self, key_id: str, request: RotateRequest | None = None,
+                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """A new key with the same scopes; the old one stays valid for `grace_seconds`."""
+        key = self._auth(authorization, "admin")
+        request = request or RotateRequest()
+        self._known_key(key.tenant_id, key_id)
+        made, old_expires = tenants.rotate_api_key(
+            self._r, key.tenant_id, key_id, grace_seconds=request.grace_seconds,
+            expires_days=request.expires_days, actor=f"key:{key.key_id}")
+        return {"key": made, **self._key_record(key.tenant_id, made),
+                "replaces": key_id, "old_key_expires_at": old_expires}
+
+    @app.delete("/v1/keys/{key_id}")
+    def revoke_key(self, key_id: str,
+                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Revoke a key: refused by every replica within half a second."""
+        key = self._auth(authorization, "admin")
+        self._known_key(key.tenant_id, key_id)
+        tenants.revoke_api_key(self._r, key.tenant_id, key_id, actor=f"key:{key.key_id}")
+        return {"key_id": key_id, "state": "revoked"}
+
+    def _known_key(self, tenant_id: str, key_id: str) -> None:
+        if not any(k["key_id"] == key_id for k in tenants.list_api_keys(self._r, tenant_id)):
+            raise _not_found("key")
+
+    @app.get("/v1/audit")
+    def read_audit(self, since: float | None = None, action: str | None = None, limit: int = 100,
+                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """The tenant's audit trail, oldest first from `since` (epoch seconds); `action` filters
+        by name or prefix (`key` finds every key action)."""
+        key = self._auth(authorization, "admin")
+        entries = audit.read(self._r, key.tenant_id, since=since, action=action, limit=limit)
+        self._audit(key, "audit.read", filter=action)
+        return {"entries": [e.as_dict() for e in entries]}
+
     @app.get("/v1/privacy/policy")
     def get_policy(self, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """The tenant's privacy policy (the default one until the tenant sets its own)."""
         key = self._auth(authorization, "admin")
         stored = load_policy(self._r, key.tenant_id)
         policy = stored or PrivacyPolicy.default()
+        self._audit(key, "privacy.policy.read")
         return {"is_default": stored is None, **policy.to_dict()}
 
     @app.put("/v1/privacy/policy")
@@ -451,6 +533,8 @@ class Api:
         text = (await request.body()).decode("utf-8", errors="replace")
         policy = PrivacyPolicy.from_text(text, where="body")
         await asyncio.to_thread(save_policy, self._r, key.tenant_id, policy)
+        await asyncio.to_thread(self._audit, key, "privacy.policy.set", "",
+                                policy=policy.to_dict())
         self._policy_cache.pop(key.tenant_id, None)
         return {"is_default": False, **policy.to_dict()}
 
@@ -469,6 +553,8 @@ class Api:
         spec = campaigns.parse_spec(json.dumps({**body, "tenant": key.tenant_id}), where="body")
         spec = await asyncio.to_thread(self._screen_campaign, key.tenant_id, spec)
         created = await asyncio.to_thread(campaigns.save_campaign, self._r, spec)
+        await asyncio.to_thread(self._audit, key, "campaign.saved", f"campaign:{spec.id}",
+                                created=created)
         return {"campaign": spec.id, "created": created}
 
     def _screen_campaign(self, tenant_id: str,
@@ -522,6 +608,7 @@ class Api:
             except Exception:  # the run record keeps the error; a re-run resumes it
                 log.exception("campaign run %s/%s failed", campaign_id, run_id)
 
+        self._audit(key, "campaign.run", f"campaign:{campaign_id}", run_id=run_id)
         threading.Thread(target=execute, name=f"campaign-{run_id}", daemon=True).start()
         return {"campaign": campaign_id, "run_id": run_id, "status": "started"}
 
@@ -553,8 +640,9 @@ class Api:
                  authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         key = self._auth(authorization, "campaigns:write")
         spec = self._campaign(key.tenant_id, campaign_id)
-        return {"campaign": campaign_id,
-                "next_due": schedule_campaign(self._r, spec, time.time())}
+        next_due = schedule_campaign(self._r, spec, time.time())
+        self._audit(key, "campaign.scheduled", f"campaign:{campaign_id}", next_due=next_due)
+        return {"campaign": campaign_id, "next_due": next_due}
 
     @app.delete("/v1/campaigns/{campaign_id}/schedule")
     def cancel(self, campaign_id: str,
@@ -562,6 +650,7 @@ class Api:
         key = self._auth(authorization, "campaigns:write")
         self._campaign(key.tenant_id, campaign_id)
         unschedule_campaign(self._r, key.tenant_id, campaign_id)
+        self._audit(key, "campaign.unscheduled", f"campaign:{campaign_id}")
         return {"campaign": campaign_id, "scheduled": False}
 
     @app.get("/v1/alerts")
@@ -569,6 +658,7 @@ class Api:
                authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """The tenant's traffic-guard alerts and the actions taken."""
         key = self._auth(authorization, "admin")
+        self._audit(key, "alerts.read")
         return {"alerts": guard.list_alerts(self._r, key.tenant_id, include_cleared)}
 
     @app.post("/v1/alerts/{alert_id}/clear")
@@ -582,6 +672,7 @@ class Api:
             cleared = False
         if not cleared:
             raise _not_found("alert")
+        self._audit(key, "alert.cleared", f"alert:{alert_id}", operator=operator)
         return {"id": alert_id, "cleared": True}
 
     @app.get("/metrics")
@@ -683,8 +774,10 @@ class Api:
                   authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Create or change a topic: `{"kind": "optional"|"required", "description": ...}`."""
         key = self._auth(authorization, "admin")
-        return asdict(consent.create_topic(self._r, key.tenant_id, name, kind=request.kind,
-                                           description=request.description))
+        topic = consent.create_topic(self._r, key.tenant_id, name, kind=request.kind,
+                                     description=request.description)
+        self._audit(key, "topic.set", f"topic:{topic.name}", kind=topic.kind)
+        return asdict(topic)
 
     @app.get("/v1/users/{user_id}/export")
     def export_user(self, user_id: str,
@@ -692,7 +785,7 @@ class Api:
         """Everything held about the user, as JSON (admin); 404 when nothing is or after erasure."""
         key = self._auth(authorization, "admin")
         (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
-        body = subjects.export_user(self._r, key.tenant_id, user_id, actor=f"api key {key.key_id}")
+        body = subjects.export_user(self._r, key.tenant_id, user_id, actor=f"key:{key.key_id}")
         if body is None:
             raise _not_found("user")
         return Response(orjson.dumps(body, default=str), media_type="application/json")
@@ -704,7 +797,7 @@ class Api:
         key = self._auth(authorization, "admin")
         (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
         return subjects.erase_user(self._r, key.tenant_id, user_id,
-                                   actor=f"api key {key.key_id}").as_json()
+                                   actor=f"key:{key.key_id}").as_json()
 
     @serve.multiplexed(max_num_models_per_replica=16)
     async def _tenant_model(self, tenant_id: str) -> TenantModel:
@@ -715,6 +808,10 @@ class Api:
             loaded = await self._tenant_model(tenant_id)
         except LookupError:
             raise HTTPException(404, "no champion model for this tenant; train one") from None
+        except UnsafeModelError as e:
+            log.error("tenant %s: champion refused at load: %s", tenant_id, e)
+            raise HTTPException(503, "the tenant's champion model failed its integrity check and "
+                                "was not loaded; the operator's log says why") from None
         if self._models.is_stale(loaded):
             # A promoted champion replaces the loaded one within champion_refresh_seconds.
             await asyncio.to_thread(self._models.refresh, loaded)

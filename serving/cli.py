@@ -49,6 +49,7 @@ cli.add_typer(importlib.import_module("serving.cli_privacy").app, name="privacy"
 cli.add_typer(importlib.import_module("serving.cli_users").app, name="user")
 cli.add_typer(importlib.import_module("serving.cli_users").topics_app, name="topic")
 cli.add_typer(importlib.import_module("serving.cli_compliance").app, name="compliance")
+cli.add_typer(importlib.import_module("serving.cli_incidents").app, name="incident")
 cli.add_typer(importlib.import_module("serving.cli_bench").app, name="bench")
 importlib.import_module("serving.cli_bench_serve")  # adds `bench serve` to the bench group
 cli.add_typer(importlib.import_module("serving.cli_gateway").app, name="gateway")
@@ -87,10 +88,11 @@ def _main() -> None:
 @tenant_cli.command("create")
 def tenant_create(name: Annotated[str, typer.Argument(help="Tenant id: a-z, 0-9, '_' and '-'.")]) -> None:
     """Create a tenant with its own secret."""
-    from pipeline import tenants
+    from pipeline import audit, tenants
 
     with _redis() as r:
         tenants.create_tenant(r, name)  # type: ignore[arg-type]
+        audit.record(r, name, audit.cli_actor(), "tenant.created", f"tenant:{name}")  # type: ignore[arg-type]
     typer.echo(f"created tenant {name}")
 
 
@@ -108,15 +110,76 @@ def tenant_list() -> None:
 def key_create(
     name: Annotated[str, typer.Argument(help="Tenant id.")],
     scopes: Annotated[str, typer.Option(help="Comma-separated: events:write,score,push:send,campaigns:write,models:write,consent,admin")] = "score,push:send",
+    expires_days: Annotated[float, typer.Option(help="Days the key is valid (at most 3650).")] = 90,
 ) -> None:
     """Create an API key; it is shown once and stored hashed."""
-    from pipeline import tenants
+    from pipeline import audit, tenants
 
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     with _redis() as r:
-        key = tenants.create_api_key(r, name, wanted)  # type: ignore[arg-type]
+        key = tenants.create_api_key(r, name, wanted, expires_days=expires_days,  # type: ignore[arg-type]
+                                     actor=audit.cli_actor())
     typer.echo(key)
     typer.echo("store this key now: it is not shown again", err=True)
+
+
+@key_cli.command("list")
+def key_list(name: Annotated[str, typer.Argument(help="Tenant id.")]) -> None:
+    """One JSON line per key: id, scopes, created, expiry, state (never the key itself)."""
+    from pipeline import tenants
+
+    with _redis() as r:
+        for record in tenants.list_api_keys(r, name):  # type: ignore[arg-type]
+            typer.echo(json.dumps(record, sort_keys=True))
+
+
+@key_cli.command("rotate")
+def key_rotate(
+    name: Annotated[str, typer.Argument(help="Tenant id.")],
+    key_id: Annotated[str, typer.Argument(help="The key's id, from `tenant key list`.")],
+    grace_hours: Annotated[float, typer.Option(min=0, max=720, help="Hours the old key stays valid.")] = 24,
+    expires_days: Annotated[float, typer.Option(help="Days the new key is valid.")] = 90,
+) -> None:
+    """A new key with the old one's scopes; the old one works until the grace period ends."""
+    from pipeline import audit, tenants
+
+    with _redis() as r:
+        key, old_expires = tenants.rotate_api_key(
+            r, name, key_id, grace_seconds=grace_hours * 3600,  # type: ignore[arg-type]
+            expires_days=expires_days, actor=audit.cli_actor())
+    typer.echo(key)
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old_expires))
+    typer.echo(f"store this key now: it is not shown again; key {key_id} stays valid until "
+               f"{until}", err=True)
+
+
+@key_cli.command("revoke")
+def key_revoke(
+    name: Annotated[str, typer.Argument(help="Tenant id.")],
+    key_id: Annotated[str, typer.Argument(help="The key's id, from `tenant key list`.")],
+) -> None:
+    """Refuse a key from now on (every API replica within half a second)."""
+    from pipeline import audit, tenants
+
+    with _redis() as r:
+        tenants.revoke_api_key(r, name, key_id, actor=audit.cli_actor())  # type: ignore[arg-type]
+    typer.echo(json.dumps({"key_id": key_id, "state": "revoked"}))
+
+
+@cli.command("audit")
+def audit_show(
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    since: Annotated[float | None, typer.Option(help="Only entries from this epoch second on.")] = None,
+    action: Annotated[str | None, typer.Option(help="An action or its prefix, e.g. key or key.revoked.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """The tenant's audit trail, oldest first: one JSON line per entry (time, actor, action)."""
+    from pipeline import audit, tenants
+
+    with _redis() as r:
+        tenants.get_tenant(r, tenant)
+        for entry in audit.read(r, tenant, since=since, action=action, limit=limit):
+            typer.echo(json.dumps(entry.as_dict(), sort_keys=True))
 
 
 @tenant_cli.command("token")

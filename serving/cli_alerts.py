@@ -36,7 +36,7 @@ def alerts_clear(
     operator: Annotated[str, typer.Option(help="Who clears it (kept with the alert).")],
 ) -> None:
     """Clear an alert and lift the throttle it set."""
-    from pipeline import guard, tenants
+    from pipeline import audit, guard, tenants
 
     with redis_client() as r:
         tenants.get_tenant(r, tenant)
@@ -46,6 +46,9 @@ def alerts_clear(
             fail(str(e))
         except Exception as e:  # noqa: BLE001 - Redis refuses malformed stream ids
             fail(f"--id: {alert_id!r} is not an alert id ({e})")
+        if cleared:
+            audit.record(r, tenant, audit.cli_actor(), "alert.cleared", f"alert:{alert_id}",
+                         operator=operator)
     if not cleared:
         fail(f"no alert {alert_id!r} for tenant {tenant!r}")
     typer.echo(json.dumps({"id": alert_id, "cleared": True, "operator": operator}))

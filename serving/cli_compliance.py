@@ -44,6 +44,7 @@ def retention(
     """
     from dataclasses import asdict, replace
 
+    from pipeline import audit
     from pipeline import retention as ret
 
     given = {name: None if days == 0 else days for name, days in
@@ -54,6 +55,7 @@ def retention(
         if given:
             policy = replace(policy, **given)  # validated before anything is written
             ret.set_policy(r, tenant, policy)
+            audit.record(r, tenant, audit.cli_actor(), "retention.set", policy=asdict(policy))
     typer.echo(json.dumps({"tenant_id": tenant, **asdict(policy)}))
 
 

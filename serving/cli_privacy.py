@@ -185,11 +185,13 @@ def policy_set(
     file: Annotated[Path, typer.Option(help="YAML/JSON: {operators: {ENTITY: operator}, default_operator: op}.")],
 ) -> None:
     """Store the tenant's policy; its later privacy runs use it."""
+    from pipeline import audit
     from pipeline.privacy import PrivacyPolicy, save_policy
 
     policy = PrivacyPolicy.from_file(file)
     with redis_client() as r:
         save_policy(r, tenant, policy)
+        audit.record(r, tenant, audit.cli_actor(), "privacy.policy.set", policy=policy.to_dict())
     typer.echo(json.dumps({"tenant": tenant, "policy": policy.to_dict()}, sort_keys=True))
 
 

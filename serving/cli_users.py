@@ -77,10 +77,11 @@ def export(
 
     Exits 2 when nothing is held (or the user was erased). The export is audited.
     """
+    from pipeline.audit import cli_actor
     from pipeline.subjects import export_user
 
     with redis_client() as r:
-        body = export_user(r, tenant, _stored_user(r, tenant, user), actor="cli")
+        body = export_user(r, tenant, _stored_user(r, tenant, user), actor=cli_actor())
     if body is None:
         fail(f"no data held about user {user!r} in tenant {tenant!r}")
     typer.echo(json.dumps(body, default=str))
@@ -94,12 +95,13 @@ def erase(
 ) -> None:
     """Erase everything held about the user (a data-subject erasure request); prints what was
     removed and what remains elsewhere (backups, trained models) as JSON. Audited."""
+    from pipeline.audit import cli_actor
     from pipeline.subjects import erase_user
 
     if not yes:
         fail("an erasure cannot be undone; add --yes to go ahead")
     with redis_client() as r:
-        report = erase_user(r, tenant, _stored_user(r, tenant, user), actor="cli")
+        report = erase_user(r, tenant, _stored_user(r, tenant, user), actor=cli_actor())
     typer.echo(json.dumps(report.as_json()))
 
 
@@ -117,11 +119,12 @@ def create_topic(
     """Create or change a topic; prints it as JSON."""
     from dataclasses import asdict
 
-    from pipeline import consent
+    from pipeline import audit, consent
 
     with redis_client() as r:
         topic = consent.create_topic(r, tenant, name, kind="required" if required else "optional",
                                      description=description)
+        audit.record(r, tenant, audit.cli_actor(), "topic.set", f"topic:{topic.name}", kind=topic.kind)
     typer.echo(json.dumps(asdict(topic)))
 
 
