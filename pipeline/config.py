@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+if TYPE_CHECKING:
+    from pipeline.redis_server import EmbeddedTls
 
 __all__ = ["GuardSettings", "Settings", "load_settings"]
 
@@ -104,6 +107,37 @@ class Settings(BaseSettings):
         "<data_dir>/backup.key, created 0600 by the first backup.",
     )
 
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) for HTTPS and wss:// on the API and the gateway; "
+        "with tls_key_file. Unset: plain HTTP.",
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    hsts_max_age: int = Field(
+        default=0, ge=0,
+        description="Strict-Transport-Security max-age (seconds) on HTTPS answers; 0 sends none.",
+    )
+
+    redis_tls_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Give the embedded Valkey a TLS listener on this port (with tls_cert_file "
+        "and tls_key_file), for clients on other machines; unset: loopback only, no TLS.",
+    )
+    redis_tls_host: str = Field(
+        default="127.0.0.1", description="Interface of the embedded Valkey's TLS listener."
+    )
+
+    encrypt_at_rest: bool = Field(
+        default=True,
+        description="Store push messages (title, body, data) encrypted with per-tenant data "
+        "keys wrapped by the master key (docs/security.md).",
+    )
+    at_rest_key_file: Path | None = Field(
+        default=None,
+        description="The master key wrapping tenants' data keys; unset uses "
+        "<data_dir>/master.key, created 0600 on first use. Every process needs the same file.",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
@@ -122,12 +156,50 @@ class Settings(BaseSettings):
         return self.backup_key_file or self.data_dir / "backup.key"
 
     @property
+    def at_rest_key_path(self) -> Path:
+        """The master key file. With encryption off it still opens what was sealed before."""
+        return self.at_rest_key_file or self.data_dir / "master.key"
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        if self.hsts_max_age and self.tls_cert_file is None:
+            raise ValueError("hsts_max_age needs HTTPS: set tls_cert_file and tls_key_file")
+        if self.redis_tls_port is not None and (self.tls_cert_file is None or self.redis_url):
+            raise ValueError("redis_tls_port is the embedded Valkey's TLS listener: it needs "
+                             "tls_cert_file and tls_key_file, and no redis_url")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"TLS file {str(path)!r} does not exist")
+        return self
+
+    @property
+    def embedded_tls(self) -> EmbeddedTls | None:
+        """The embedded Valkey's TLS listener, when ``redis_tls_port`` asks for one."""
+        if self.redis_tls_port is None or self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        from pipeline.redis_server import EmbeddedTls
+
+        return EmbeddedTls(self.redis_tls_host, self.redis_tls_port, self.tls_cert_file,
+                           self.tls_key_file)
+
+    @property
+    def is_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
     @property
     def http_url(self) -> str:
-        return f"http://{self.http_host}:{self.http_port}"
+        return f"{'https' if self.is_tls else 'http'}://{self.http_host}:{self.http_port}"
+
+    @property
+    def inbox_url(self) -> str:
+        """The API's WebSocket inbox, ws:// or wss://."""
+        return f"{'wss' if self.is_tls else 'ws'}://{self.http_host}:{self.http_port}/v1/inbox"
 
     @classmethod
     def settings_customise_sources(

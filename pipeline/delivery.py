@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import redis
 
 from pipeline import consent, keys, receipts, subjects
+from pipeline.atrest import Sealer
 from pipeline.channels import Channel, SendResult
 from pipeline.channels.webhook import WebhookChannel
 from pipeline.outbox import entry_message
@@ -432,7 +433,10 @@ class DeliveryWorker:
         channels: Mapping[str, Channel] | None = None,
         plan_refresh_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        sealer: Sealer | None = None,
     ):
+        """``sealer`` opens encrypted messages for the default webhook channel; the inbox path
+        copies a message as it is stored, sealed or not."""
         if not consumer:
             raise ValueError("consumer must name this worker, e.g. '<host>-<pid>'")
         for name, value in (("inbox_max_len", inbox_max_len), ("max_tries", max_tries),
@@ -456,7 +460,7 @@ class DeliveryWorker:
         self._plan_source = plans
         self._plans: dict[str, tuple[float, Plan | None]] = {}
         self._channels: Mapping[str, Channel] = (
-            {"webhook": WebhookChannel(r)} if channels is None else channels
+            {"webhook": WebhookChannel(r, sealer=sealer)} if channels is None else channels
         )
         self._clock = clock
         # Channel sends run here, so a slow endpoint never stalls a pass (see _start_sends).

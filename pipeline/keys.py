@@ -49,6 +49,7 @@ __all__ = [
     "audit_once",
     "traffic_history",
     "incidents",
+    "data_keys",
     "traffic_counts",
     "traffic_state",
     "throttles",
@@ -270,6 +271,12 @@ def traffic_history(tenant_id: str) -> str:
     """Stream: per guard round and series, the finished seconds' request counts (JSON), capped,
     so an incident report can plot the traffic after the guard has consumed the counts."""
     return f"{_tenant(tenant_id)}:traffic-history"
+
+
+def data_keys(tenant_id: str) -> str:
+    """Hash: the tenant's wrapped data keys (``k:<version>:<master key id>``) and ``current``;
+    see ``pipeline.atrest``."""
+    return f"{_tenant(tenant_id)}:data-keys"
 
 
 def incidents(tenant_id: str) -> str:

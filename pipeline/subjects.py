@@ -15,17 +15,19 @@ listed in :data:`REMAINS`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from pipeline import audit, consent, keys, tenants
+from pipeline.atrest import Sealer, SealError, is_sealed
 from pipeline.errors import InvalidInputError
 from pipeline.outbox import campaign_push_id, entry_content
 from pipeline.receipts import status_trails
@@ -188,17 +190,24 @@ def _held(r: redis.Redis, tenant_id: str, user_id: str) -> _Held:
 
 
 def export_user(r: redis.Redis, tenant_id: str, user_id: str,
-                actor: str | None = None) -> dict[str, Any] | None:
+                actor: str | None = None, sealer: Sealer | None = None) -> dict[str, Any] | None:
     """Everything held about the user, as JSON-ready data; None when nothing is (so right after
     an erasure). Data that arrived after an erasure is exported, with ``erased_before`` true.
     With ``actor`` an export is recorded in the tenant's privacy audit (counts only, never
-    the id)."""
+    the id). ``sealer`` opens messages stored encrypted; without it they are exported sealed.
+    """
     from pipeline.featurestore import load_features, load_profile, load_send_hours
     from pipeline.onlinefeatures import history_events
 
     tenants.get_tenant(r, tenant_id)
     user_id = _user_key_part(tenant_id, user_id)
     held = _held(r, tenant_id, user_id)
+    if sealer is not None:
+        held = dataclasses.replace(
+            held, inbox=[(i, _open(r, sealer, tenant_id, f)) for i, f in held.inbox],
+            queued={lane: [(i, _open(r, sealer, tenant_id, f)) for i, f in entries]
+                    for lane, entries in held.queued.items()},
+            dead=[(i, _open_dead(r, sealer, tenant_id, f)) for i, f in held.dead])
     features = load_features(r, tenant_id, [user_id])
     history = history_events(r, tenant_id, user_id)
     prefs = consent.preferences(r, tenant_id, user_id)
@@ -213,11 +222,13 @@ def export_user(r: redis.Redis, tenant_id: str, user_id: str,
                    for t, kind, v in zip(history["event_time"], history["event_type"],
                                          history["value"], strict=True)],
         "events_stream": [dict(f) for _, f in held.events],
-        "inbox": [{"id": i, "push_id": f.get("push_id"), "message": json.loads(f.get("m") or "null")}
+        "inbox": [{"id": i, "push_id": f.get("push_id"), "message": _message(f.get("m")),
+                   **({"open_error": f["open_error"]} if "open_error" in f else {})}
                   for i, f in held.inbox],
         "inbox_cursor": r.get(keys.inbox_cursor(tenant_id, user_id)),
-        "queued": [{"lane": lane, **entry_content(f)} for lane, entries in held.queued.items()
-                   for _, f in entries],
+        "queued": [{"lane": lane, **entry_content(f),
+                    **({"sealed_message": f["m"]} if is_sealed(f.get("m", "")) else {})}
+                   for lane, entries in held.queued.items() for _, f in entries],
         "dead_letters": [dict(f) for _, f in held.dead],
         "receipts": dict(zip(held.push_ids, status_trails(r, tenant_id, held.push_ids), strict=True)),
         "frequency": frequency,
@@ -239,6 +250,35 @@ def export_user(r: redis.Redis, tenant_id: str, user_id: str,
         _audit(r, tenant_id, f"export by {actor}", {"users": 1})
     return {"tenant_id": tenant_id, "user_id": user_id, "exported_at": time.time(),
             "erased_before": bool(erased_users(r, tenant_id, [user_id])), **body}
+
+
+def _open(r: redis.Redis, sealer: Sealer, tenant_id: str,
+          fields: Mapping[str, str]) -> Mapping[str, str]:
+    """An entry with its message opened; one that does not open stays sealed, with the reason
+    (an export must not fail on one entry)."""
+    try:
+        return sealer.open_fields(r, tenant_id, fields)
+    except SealError as e:
+        return {**fields, "open_error": str(e)}
+
+
+def _open_dead(r: redis.Redis, sealer: Sealer, tenant_id: str,
+               fields: dict[str, str]) -> dict[str, str]:
+    """A dead letter with the message of the entry it keeps (JSON in ``entry``) opened."""
+    try:
+        entry = json.loads(fields.get("entry") or "{}")
+    except ValueError:
+        return fields
+    if not isinstance(entry, dict):
+        return fields
+    return {**fields, "entry": json.dumps(dict(_open(r, sealer, tenant_id, entry)))}
+
+
+def _message(m: str | None) -> Any:
+    """An inbox entry's message as JSON; a sealed one (no sealer given) as its text."""
+    if m is None or is_sealed(m):
+        return m
+    return json.loads(m)
 
 
 def erase_user(r: redis.Redis, tenant_id: str, user_id: str, *, actor: str) -> ErasureReport:

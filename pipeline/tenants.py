@@ -234,17 +234,25 @@ def create_api_key(
 
 def _add_key(r: redis.Redis, tenant_id: str, scopes: list[str], expires_at: float, actor: str,
              action: str, **detail: object) -> str:
+    pipe = r.pipeline(transaction=True)
+    api_key = _queue_new_key(pipe, tenant_id, scopes, expires_at, actor, action, **detail)
+    pipe.execute()
+    return api_key
+
+
+def _queue_new_key(pipe: Any, tenant_id: str, scopes: list[str], expires_at: float, actor: str,
+                   action: str, **detail: object) -> str:
+    """Queue a new key's writes and audit entry on ``pipe`` (a MULTI); returns the key.
+    ``created_by`` lets an incident revoke what a compromised key made (``incidents``)."""
     key_id = secrets.token_hex(4)
     api_key = f"{_KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     digest = _hash_key(api_key)
     record = json.dumps({"key_id": key_id, "scopes": scopes, "created_at": time.time(),
-                         "expires_at": expires_at})
-    pipe = r.pipeline(transaction=True)
+                         "expires_at": expires_at, "created_by": actor})
     pipe.hset(keys.api_key_index(), digest, tenant_id)
     pipe.hset(keys.tenant_api_keys(tenant_id), digest, record)
     audit.record(pipe, tenant_id, actor, action, f"key:{key_id}", scopes=scopes,
                  expires_at=round(expires_at, 3), **detail)
-    pipe.execute()
     return api_key
 
 
@@ -262,7 +270,8 @@ def list_api_keys(r: redis.Redis, tenant_id: str) -> list[dict[str, object]]:
                  "expired" if expires_at is not None and now >= expires_at else "valid")
         found.append({"key_id": data["key_id"], "scopes": data["scopes"],
                       "created_at": data["created_at"], "expires_at": expires_at,
-                      "revoked_at": data.get("revoked_at"), "state": state})
+                      "revoked_at": data.get("revoked_at"), "state": state,
+                      "created_by": data.get("created_by", "")})
     return sorted(found, key=lambda k: (k["created_at"], k["key_id"]))
 
 
@@ -276,7 +285,7 @@ def _find_key(r: redis.Redis, tenant_id: str, key_id: str) -> tuple[str, dict[st
         if data["key_id"] == key_id:
             return digest, data
     raise InvalidInputError("key_id", f"tenant {tenant_id!r} has no key {key_id!r}; "
-                            "see `pushpilot key list`")
+                            "see `pushpilot tenant key list`")
 
 
 def rotate_api_key(
@@ -296,30 +305,52 @@ def rotate_api_key(
         raise InvalidInputError("grace_seconds", f"must be 0 to {int(30 * _DAY)}, got "
                                 f"{grace_seconds!r}")
     lifetime = _check_days(expires_days) * _DAY
-    digest, data = _find_key(r, tenant_id, key_id)
-    if data.get("revoked_at"):
-        raise InvalidInputError("key_id", f"key {key_id!r} is revoked; create a new key instead")
-    now = time.time()
-    old_expiry = data.get("expires_at")
-    ends = now + grace_seconds
-    data["expires_at"] = ends if old_expiry is None else min(float(old_expiry), ends)
-    r.hset(keys.tenant_api_keys(tenant_id), digest, json.dumps(data))
-    new_key = _add_key(r, tenant_id, list(data["scopes"]), now + lifetime, actor, "key.rotated",
-                       replaces=key_id, old_expires_at=round(data["expires_at"], 3))
-    return new_key, float(data["expires_at"])
+    digest, _ = _find_key(r, tenant_id, key_id)
+    name = keys.tenant_api_keys(tenant_id)
+    # One transaction that re-reads the old key: a revocation landing meanwhile is never undone.
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(name)
+                data = json.loads(pipe.hget(name, digest))
+                if data.get("revoked_at"):
+                    raise InvalidInputError("key_id", f"key {key_id!r} is revoked; create a new "
+                                            "key instead")
+                now = time.time()
+                old_expiry = data.get("expires_at")
+                ends = now + grace_seconds
+                data["expires_at"] = ends if old_expiry is None else min(float(old_expiry), ends)
+                pipe.multi()
+                pipe.hset(name, digest, json.dumps(data))
+                new_key = _queue_new_key(pipe, tenant_id, list(data["scopes"]), now + lifetime,
+                                         actor, "key.rotated", replaces=key_id,
+                                         old_expires_at=round(data["expires_at"], 3))
+                pipe.execute()
+                return new_key, float(data["expires_at"])
+            except redis.WatchError:
+                continue
 
 
 def revoke_api_key(r: redis.Redis, tenant_id: str, key_id: str, *, actor: str = "system") -> None:
     """Refuse the key from now on (within the API's half-second key cache). Revoking a revoked
     key changes nothing."""
-    digest, data = _find_key(r, tenant_id, key_id)
-    if data.get("revoked_at"):
-        return
-    data["revoked_at"] = time.time()
-    pipe = r.pipeline(transaction=True)
-    pipe.hset(keys.tenant_api_keys(tenant_id), digest, json.dumps(data))
-    audit.record(pipe, tenant_id, actor, "key.revoked", f"key:{key_id}")
-    pipe.execute()
+    digest, _ = _find_key(r, tenant_id, key_id)
+    name = keys.tenant_api_keys(tenant_id)
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(name)
+                data = json.loads(pipe.hget(name, digest))
+                if data.get("revoked_at"):
+                    return
+                data["revoked_at"] = time.time()
+                pipe.multi()
+                pipe.hset(name, digest, json.dumps(data))
+                audit.record(pipe, tenant_id, actor, "key.revoked", f"key:{key_id}")
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
 
 
 def authenticate(r: redis.Redis, api_key: str, now: float | None = None) -> ApiKey:
@@ -342,7 +373,7 @@ def authenticate(r: redis.Redis, api_key: str, now: float | None = None) -> ApiK
         audit.record_once(r, tenant_id, f"refused:{key.key_id}", 60, f"key:{key.key_id}",
                           "key.refused", f"key:{key.key_id}", reason=refused)
         raise AuthError(f"API key {key.key_id} is {refused}; use a valid key "
-                        "(pushpilot key list shows them)")
+                        "(pushpilot tenant key list shows them)")
     return key
 
 

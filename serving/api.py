@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from models.registry import UnsafeModelError
 from pipeline import audit, campaigns, consent, guard, keys, outbox, receipts, subjects, tenants
 from pipeline.apilimit import Admission, admit_request
+from pipeline.atrest import sealer_for
 from pipeline.campaigns import runner
 from pipeline.campaigns.report import run_report
 from pipeline.campaigns.runner import RunConfig, default_run_id
@@ -78,8 +79,13 @@ _TENANT_REQUESTS = Counter(
 _PUSHES = Gauge("pushpilot_pushes", "Pushes by tenant and status", ["tenant", "status"])
 
 
+# The replica's Strict-Transport-Security header, set from ServingArgs.hsts_max_age when the
+# replica starts (one application per replica process); empty sends none.
+_HSTS: dict[str, bytes] = {}
+
+
 class _BodyLimitAndMetrics:
-    """413 for bodies over the limit (declared or streamed), and latency per route."""
+    """413 for bodies over the limit (declared or streamed), latency per route, and HSTS."""
 
     def __init__(self, inner: Any, max_body_bytes: int = MAX_BODY_BYTES):
         self.inner = inner
@@ -112,6 +118,9 @@ class _BodyLimitAndMetrics:
         async def tracking_send(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                if _HSTS:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"strict-transport-security", _HSTS["value"])]}
             await send(message)
 
         try:
@@ -358,6 +367,9 @@ class Api:
                                       args.champion_refresh_seconds)
         self._r = connect(args.redis_url, max_connections=256)
         self._ar = connect_async(args.redis_url, max_connections=20_000)
+        self._sealer = sealer_for(args.at_rest_key_file, seals=args.encrypt_at_rest)
+        if args.hsts_max_age:
+            _HSTS["value"] = f"max-age={args.hsts_max_age}".encode()
         self._seen_series: set[tuple[str, str]] = set()
         self._key_cache: dict[str, tuple[tenants.ApiKey, tenants.Plan, float]] = {}
         self._screen = EdgeScreen()
@@ -599,7 +611,9 @@ class Api:
         spec = self._campaign(key.tenant_id, campaign_id)
         config = RunConfig(redis_url=self._args.redis_url,
                            tracking_uri=self._args.mlflow_tracking_uri,
-                           artifact_root=self._args.mlflow_artifact_root, show_progress=False)
+                           artifact_root=self._args.mlflow_artifact_root, show_progress=False,
+                           at_rest_key_file=self._args.at_rest_key_file,
+                           encrypt_at_rest=self._args.encrypt_at_rest)
         run_id = default_run_id(time.time())
 
         def execute() -> None:
@@ -785,7 +799,8 @@ class Api:
         """Everything held about the user, as JSON (admin); 404 when nothing is or after erasure."""
         key = self._auth(authorization, "admin")
         (user_id,) = self._user_ids(key.tenant_id, [user_id], "user_id")
-        body = subjects.export_user(self._r, key.tenant_id, user_id, actor=f"key:{key.key_id}")
+        body = subjects.export_user(self._r, key.tenant_id, user_id, actor=f"key:{key.key_id}",
+                                    sealer=self._sealer)
         if body is None:
             raise _not_found("user")
         return Response(orjson.dumps(body, default=str), media_type="application/json")
@@ -940,7 +955,8 @@ class Api:
         try:
             result = outbox.enqueue(self._r, pushes,
                                     replicas_to_wait=self._args.redis_replicas_to_wait,
-                                    replica_wait_ms=self._args.redis_replica_wait_ms)
+                                    replica_wait_ms=self._args.redis_replica_wait_ms,
+                                    sealer=self._sealer)
         except NotReplicatedError:
             # Not acknowledged, so not promised: the same request again is safe.
             raise HTTPException(503, "no replica confirmed the pushes in time; retry the same "
@@ -993,6 +1009,7 @@ class Api:
                 entries = await self._ar.xread({stream: cursor}, count=200, block=1000)
                 for _, messages in entries:
                     for entry_id, fields in messages:
+                        fields = await self._sealer.frame_fields(self._ar, tenant_id, fields)
                         await ws.send_text(outbox.inbox_frame(entry_id, fields))
                         cursor = entry_id
         except (WebSocketDisconnect, RuntimeError):

@@ -11,7 +11,9 @@ import ray
 from ray import serve
 from ray.serve.schema import LoggingConfig
 
+from pipeline.atrest import ensure_master_key
 from pipeline.config import Settings
+from pipeline.errors import PushError
 from serving.api import Api
 from serving.args import ServingArgs
 
@@ -57,7 +59,10 @@ def _serve_env(settings: Settings) -> dict[str, str]:
         # monitor_host. It lives on this machine, so only a local Ray can run it.
         from serving.haproxy_local import write_launcher
 
-        launcher = write_launcher(settings.data_dir / "haproxy", settings.monitor_host)
+        tls = (settings.tls_cert_file, settings.tls_key_file) if settings.is_tls else None
+        launcher = write_launcher(settings.data_dir / "haproxy", settings.monitor_host,
+                                  tls=tls,  # type: ignore[arg-type]
+                                  frontend=f"{settings.http_host}:{settings.http_port}")
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(launcher)
     return env
 
@@ -92,9 +97,20 @@ def start_ray(settings: Settings) -> None:
 
 
 def start_serve(settings: Settings, args: ServingArgs, blocking: bool = False) -> object:
+    # Made here, before any replica (which only reads it) needs it: see pipeline/atrest.py.
+    ensure_master_key(settings)
     start_ray(settings)
+    http_options: dict[str, object] = {"host": settings.http_host, "port": settings.http_port}
+    if settings.is_tls:
+        if settings.serve_ingress == "haproxy" and settings.ray_address:
+            # The TLS launcher rewrites the HAProxy config on this machine only.
+            raise PushError("HTTPS with serve_ingress = 'haproxy' needs a local Ray; on a "
+                            "cluster use serve_ingress = 'proxy' or terminate TLS in front")
+        if settings.serve_ingress != "haproxy":
+            http_options.update(ssl_certfile=str(settings.tls_cert_file),
+                                ssl_keyfile=str(settings.tls_key_file))
     serve.start(
-        http_options={"host": settings.http_host, "port": settings.http_port},
+        http_options=http_options,
         logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False),
     )
     return serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=blocking)

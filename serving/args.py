@@ -24,6 +24,10 @@ class ServingArgs(BaseModel):
     redis_replicas_to_wait: int = Field(default=0, ge=0)
     redis_replica_wait_ms: int = Field(default=1000, ge=1)
     guard: GuardSettings = Field(default_factory=GuardSettings)
+    # Settings.at_rest_key_path (every replica reads the same file) and encrypt_at_rest.
+    at_rest_key_file: str
+    encrypt_at_rest: bool = True
+    hsts_max_age: int = Field(default=0, ge=0)
 
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str) -> ServingArgs:
@@ -37,4 +41,7 @@ class ServingArgs(BaseModel):
             redis_replicas_to_wait=settings.redis_replicas_to_wait,
             redis_replica_wait_ms=settings.redis_replica_wait_ms,
             guard=settings.guard,
+            at_rest_key_file=str(settings.at_rest_key_path),
+            encrypt_at_rest=settings.encrypt_at_rest,
+            hsts_max_age=settings.hsts_max_age,
         )

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from pipeline import keys, tenants
+from pipeline.atrest import Sealer, load_or_create_master_key, sealer_for
 from pipeline.outbox import Push, enqueue, entry_content
 from pipeline.redis_server import EmbeddedRedis, connect
 from pipeline.tenants import Plan
@@ -39,11 +41,13 @@ def _user(j: int, n_tenants: int) -> tuple[str, str]:
 
 
 def _enqueuer(url: str, pushes: int, n_tenants: int, users: int, rate: float, lane: str,
-              started: Any, producer: int = 0, producers: int = 1) -> None:
+              started: Any, producer: int = 0, producers: int = 1,
+              key_file: str | None = None) -> None:
     """Offer pushes ``producer``, ``producer + producers``, ... at ``rate / producers`` per
     second: every 5 ms, what is due by then (in one enqueue call, so a late tick catches up);
     unpaced, batches of 1000 as fast as it goes."""
     r = connect(url)
+    sealer = sealer_for(key_file) if key_file else None
     mine = range(producer, pushes, producers)
     rate = rate / producers
     with started.get_lock():
@@ -63,7 +67,7 @@ def _enqueuer(url: str, pushes: int, n_tenants: int, users: int, rate: float, la
             tenant_id, user_id = _user(i % users, n_tenants)
             batch.append(Push(tenant_id=tenant_id, push_id=f"b{i}", user_id=user_id, lane=lane,
                               title="bench", body="x" * 64, enqueued_at=now))
-        enqueue(r, batch, batch_size=1000)
+        enqueue(r, batch, batch_size=1000, sealer=sealer)
         sent += len(batch)
     r.close()
 
@@ -102,19 +106,41 @@ async def _clients(url: str, tokens: list[str], expected: list[int], done: Any,
 def run_delivery_bench(
     redis_url: str | None, *, pushes: int, n_tenants: int, clients: int, rate: float,
     workers: int = 1, lane: str = "marketing", timeout_seconds: float = 120, producers: int = 1,
+    encrypt: bool = True,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pushpilot-bench-") as tmp:
         if redis_url:
             return _run(redis_url, Path(tmp), pushes, n_tenants, clients, rate, workers, lane,
-                        timeout_seconds, producers)
+                        timeout_seconds, producers, encrypt)
         with EmbeddedRedis(Path(tmp)) as server:
             return _run(server.url, Path(tmp), pushes, n_tenants, clients, rate, workers, lane,
-                        timeout_seconds, producers)
+                        timeout_seconds, producers, encrypt)
+
+
+def _seal_cost(r: Any, sealer: Sealer, tenant_id: str, n: int = 10_000) -> dict[str, float]:
+    """Microseconds per push to seal, and to open, a message of the bench's size (keys cached)."""
+    message = orjson.dumps({"title": "bench", "body": "x" * 64, "data": {}, "campaign_id": "",
+                            "enqueued_at": time.time()}).decode()
+    sealer.seal(r, tenant_id, "warm", message)
+    t = time.perf_counter()
+    sealed = [sealer.seal(r, tenant_id, f"s{i}", message) for i in range(n)]
+    seal_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for i, value in enumerate(sealed):
+        sealer.open(r, tenant_id, f"s{i}", value)
+    open_s = time.perf_counter() - t
+    return {"seal_us_per_push": round(seal_s / n * 1e6, 2),
+            "open_us_per_push": round(open_s / n * 1e6, 2),
+            "sealed_bytes": len(sealed[0]), "plain_bytes": len(message)}
 
 
 def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: float,
-         workers: int, lane: str, timeout_seconds: float, producers: int) -> dict[str, Any]:
+         workers: int, lane: str, timeout_seconds: float, producers: int,
+         encrypt: bool) -> dict[str, Any]:
     r = connect(url)
+    # The spawned worker and gateway find the same key: <their data dir>/master.key.
+    key_file = str(load_or_create_master_key(tmp / "master.key").path) if encrypt else None
+    sealer = sealer_for(key_file) if key_file else None
     info = r.info("server")
     result: dict[str, Any] = {
         "server": f"valkey {info['valkey_version']}" if "valkey_version" in info
@@ -128,7 +154,11 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
         tenants.create_tenant(r, tenant_id, _UNLIMITED)
     users = clients or 1000
     env = {**os.environ, "PUSHPILOT_REDIS_URL": url, "PUSHPILOT_DATA_DIR": str(tmp),
-           "PUSHPILOT_INBOX_MAX_LEN": str(max(1000, pushes))}
+           "PUSHPILOT_INBOX_MAX_LEN": str(max(1000, pushes)),
+           "PUSHPILOT_ENCRYPT_AT_REST": "true" if encrypt else "false"}
+    env.pop("PUSHPILOT_AT_REST_KEY_FILE", None)
+    result["at_rest"] = {"encrypted": encrypt,
+                         **(_seal_cost(r, sealer, "bench-0") if sealer is not None else {})}
     procs = [_spawn(["worker", "--name", f"bench-w{i}"], env, "delivering")[0]
              for i in range(workers)]
     gateway, gw_url = _spawn(["gateway", "--port", "0"], env, "listening") if clients else (
@@ -155,7 +185,7 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
         server_cpu_before = _server_cpu_seconds(r)
         producer_procs = [
             ctx.Process(target=_enqueuer, args=(url, pushes, n_tenants, users, rate, lane,
-                                                started, k, producers))
+                                                started, k, producers, key_file))
             for k in range(producers)
         ]
         for proc in producer_procs:
@@ -201,6 +231,8 @@ def _run(url: str, tmp: Path, pushes: int, n_tenants: int, clients: int, rate: f
     for u in range(users):
         tenant_id, user_id = _user(u, n_tenants)
         for entry_id, fields in r.xrange(keys.inbox_stream(tenant_id, user_id)):
+            if sealer is not None:
+                fields = sealer.open_fields(r, tenant_id, fields)
             inbox_ids[fields["push_id"]] += 1
             inbox_latency_ms.append(int(entry_id.split("-")[0])
                                     - entry_content(fields)["enqueued_at"] * 1000)

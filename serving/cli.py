@@ -50,6 +50,7 @@ cli.add_typer(importlib.import_module("serving.cli_users").app, name="user")
 cli.add_typer(importlib.import_module("serving.cli_users").topics_app, name="topic")
 cli.add_typer(importlib.import_module("serving.cli_compliance").app, name="compliance")
 cli.add_typer(importlib.import_module("serving.cli_incidents").app, name="incident")
+cli.add_typer(importlib.import_module("serving.cli_keys").app, name="keys")
 cli.add_typer(importlib.import_module("serving.cli_bench").app, name="bench")
 importlib.import_module("serving.cli_bench_serve")  # adds `bench serve` to the bench group
 cli.add_typer(importlib.import_module("serving.cli_gateway").app, name="gateway")
@@ -280,7 +281,7 @@ def serve_cmd() -> None:
     from serving.args import ServingArgs
 
     settings = _settings()
-    with redis_url_for(settings.redis_url, settings.data_dir, is_admin=False) as url:
+    with redis_url_for(settings.redis_url, settings.data_dir, tls=settings.embedded_tls, is_admin=False) as url:
         try:
             start_ray(settings)
             # SIGTERM as Ctrl-C, set after ray.init: Ray's own handler killed the process
@@ -305,6 +306,7 @@ def worker_cmd(
     """Deliver for every tenant, a hard-isolated one as its own ACL user; SIGTERM drains."""
     import socket
 
+    from pipeline.atrest import sealer_for
     from pipeline.redis_server import connect
     from serving.workers import WorkerPool
 
@@ -312,11 +314,13 @@ def worker_cmd(
     consumer = name or f"{socket.gethostname()}-{os.getpid()}"
     # Delivery runs as the least-privilege user; only hard-isolated tenants' ACL users need the
     # admin.
-    with redis_url_for(settings.redis_url, settings.data_dir) as admin_url, \
-            redis_url_for(settings.redis_url, settings.data_dir, is_admin=False) as url, \
+    with redis_url_for(settings.redis_url, settings.data_dir, tls=settings.embedded_tls) as admin_url, \
+            redis_url_for(settings.redis_url, settings.data_dir, tls=settings.embedded_tls, is_admin=False) as url, \
             connect(url) as r, connect(admin_url) as acl_admin:
         pool = WorkerPool(r, url, consumer=consumer, refresh_seconds=refresh_seconds,
-                          inbox_max_len=settings.inbox_max_len, acl_admin=acl_admin)
+                          inbox_max_len=settings.inbox_max_len, acl_admin=acl_admin,
+                          sealer=sealer_for(settings.at_rest_key_path,
+                                            seals=settings.encrypt_at_rest))
         try:
             if drain:
                 typer.echo(json.dumps({"delivered": pool.drain()}))

@@ -253,6 +253,7 @@ def bench_delivery(
         min=1, help="Enqueuing processes sharing the offered rate (as many API replicas or "
         "campaign partitions would).")] = 1,
     lane: Annotated[str, typer.Option(help="transactional (fsynced enqueue) or marketing.")] = "marketing",
+    encrypt: Annotated[bool, typer.Option(help="Messages encrypted at rest, as by default; --no-encrypt to compare.")] = True,
 ) -> None:
     """Enqueue-to-inbox throughput and end-to-end latency to WebSocket devices, lost and doubled."""
     from serving.bench_delivery import run_delivery_bench
@@ -266,7 +267,7 @@ def bench_delivery(
                f"usable cpus, load average {_load()} (shared machine)")
     result = run_delivery_bench(settings().redis_url, pushes=pushes, n_tenants=tenants,
                                 clients=clients, rate=rate, workers=workers, lane=lane,
-                                producers=producers)
+                                producers=producers, encrypt=encrypt)
     report.update(result)
     typer.echo(f"offered       {result['offered_rate_per_s']} pushes/s, {pushes} pushes, "
                f"{tenants} tenants, {clients} clients, {workers} worker(s), {producers} "
@@ -278,6 +279,13 @@ def bench_delivery(
     if clients:
         typer.echo(f"clients       latency {result['client_latency_ms']}  lost "
                    f"{result['client_lost']}  duplicated {result['client_duplicated']}")
+    at_rest = result["at_rest"]
+    if at_rest["encrypted"]:
+        typer.echo(f"at rest       AES-GCM per push: seal {at_rest['seal_us_per_push']} us, open "
+                   f"{at_rest['open_us_per_push']} us; {at_rest['plain_bytes']} -> "
+                   f"{at_rest['sealed_bytes']} bytes stored")
+    else:
+        typer.echo("at rest       not encrypted (--no-encrypt)")
     typer.echo(f"load average  {result['load_average_before']} -> {result['load_average_after']}")
     typer.echo(json.dumps(report, sort_keys=True, default=str))
 
@@ -328,7 +336,7 @@ def bench_campaign(
                               "versions": versions, "load_average_start": _load()}
     typer.echo(f"machine: {report['machine']['processor']}, {report['machine']['cpus_usable']} "
                f"usable cpus, load average {_load()} (shared machine)")
-    with redis_url_for(current.redis_url, current.data_dir) as url:
+    with redis_url_for(current.redis_url, current.data_dir, tls=current.embedded_tls) as url:
         r = connect(url)
         started = time.perf_counter()
         for name in r.scan_iter(match=keys.tenant_pattern(tenant_id), count=10_000):

@@ -41,7 +41,7 @@ def bench_serve_cmd(
 
     current = settings()
     registry = ModelRegistry(current.mlflow_tracking_uri, current.mlflow_artifact_root)
-    with redis_url_for(current.redis_url, current.data_dir) as redis_url:
+    with redis_url_for(current.redis_url, current.data_dir, tls=current.embedded_tls) as redis_url:
         r = connect(redis_url)
         if not tenants.tenant_exists(r, _TENANT):
             tenants.create_tenant(r, _TENANT, plan=tenants.Plan(requests_per_second=1_000_000))

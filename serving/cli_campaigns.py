@@ -46,12 +46,15 @@ def _echo(data: Any) -> None:
 
 
 def _run_config(redis_url: str, partition_size: int) -> Any:
+    from pipeline.atrest import ensure_master_key
     from pipeline.campaigns.runner import RunConfig
 
     current = settings()
     return RunConfig(redis_url=redis_url, tracking_uri=current.mlflow_tracking_uri,
                      artifact_root=str(current.mlflow_artifact_root),
-                     partition_size=partition_size)
+                     partition_size=partition_size,
+                     at_rest_key_file=str(ensure_master_key(current)),
+                     encrypt_at_rest=current.encrypt_at_rest)
 
 
 @app.command("create")
@@ -110,7 +113,7 @@ def run_cmd(
     from serving.app import start_ray
 
     current = settings()
-    with redis_url_for(current.redis_url, current.data_dir) as redis_url:
+    with redis_url_for(current.redis_url, current.data_dir, tls=current.embedded_tls) as redis_url:
         r = connect(redis_url)
         spec = load_campaign(r, tenant, campaign)
         start_ray(current)
@@ -177,7 +180,7 @@ def scheduler_cmd(
 
     current = settings()
     start_ray(current)
-    with redis_url_for(current.redis_url, current.data_dir) as redis_url:
+    with redis_url_for(current.redis_url, current.data_dir, tls=current.embedded_tls) as redis_url:
         r = connect(redis_url)
         config = _run_config(redis_url, 125_000)
 

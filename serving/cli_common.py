@@ -35,7 +35,7 @@ def fail(message: str) -> NoReturn:
 def redis_client() -> Iterator[redis.Redis]:
     """A client on the configured Redis, or on the shared embedded Valkey for this command."""
     current = settings()
-    with redis_url_for(current.redis_url, current.data_dir) as url:
+    with redis_url_for(current.redis_url, current.data_dir, tls=current.embedded_tls) as url:
         client = connect(url)
         try:
             yield client

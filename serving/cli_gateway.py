@@ -23,17 +23,21 @@ def gateway(
     port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port.")] = 8765,
 ) -> None:
     """Fan each tenant's inbox events out to connected devices; SIGTERM closes cleanly."""
-    from serving.gateway import Gateway
+    from pipeline.atrest import sealer_for
+    from serving.gateway import Gateway, server_tls_context
 
     current = settings()
-    with redis_url_for(current.redis_url, current.data_dir, is_admin=False) as url:
+    sealer = sealer_for(current.at_rest_key_path)  # opens only
+    tls = (server_tls_context(current.tls_cert_file, current.tls_key_file)  # type: ignore[arg-type]
+           if current.is_tls else None)
+    with redis_url_for(current.redis_url, current.data_dir, tls=current.embedded_tls, is_admin=False) as url:
 
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
-            gateway = Gateway(url, host=host, port=port)
+            gateway = Gateway(url, host=host, port=port, sealer=sealer, ssl_context=tls)
             await gateway.start()
             typer.echo(f"gateway listening on {gateway.url}", err=False)
             try:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from serving.cli_common import fail, redis_client
+from serving.cli_common import fail, redis_client, settings
 
 __all__ = ["app", "topics_app"]
 
@@ -77,11 +77,13 @@ def export(
 
     Exits 2 when nothing is held (or the user was erased). The export is audited.
     """
+    from pipeline.atrest import sealer_for
     from pipeline.audit import cli_actor
     from pipeline.subjects import export_user
 
     with redis_client() as r:
-        body = export_user(r, tenant, _stored_user(r, tenant, user), actor=cli_actor())
+        body = export_user(r, tenant, _stored_user(r, tenant, user), actor=cli_actor(),
+                           sealer=sealer_for(settings().at_rest_key_path))  # opens only
     if body is None:
         fail(f"no data held about user {user!r} in tenant {tenant!r}")
     typer.echo(json.dumps(body, default=str))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl as ssl_module
 import time
 from dataclasses import dataclass, field
 
@@ -21,10 +22,12 @@ class Received:
 
 @dataclass
 class InboxClient:
-    """Connects to ``ws://.../v1/inbox``; ``received`` fills as pushes arrive, each acked once."""
+    """Connects to ``ws://`` or ``wss://.../v1/inbox``; ``received`` fills as pushes arrive,
+    each acked once. ``ssl`` is the client context for wss:// (e.g. trusting a private CA)."""
 
     url: str
     token: str
+    ssl: ssl_module.SSLContext | None = None
     received: list[Received] = field(default_factory=list)
     last_acked: str | None = None
     _task: asyncio.Task[None] | None = None
@@ -36,7 +39,8 @@ class InboxClient:
 
     async def _run(self) -> None:
         query = f"?token={self.token}" + (f"&last_id={self.last_acked}" if self.last_acked else "")
-        async with websockets.connect(self.url + query, open_timeout=30) as ws:
+        options = {"ssl": self.ssl} if self.ssl is not None else {}
+        async with websockets.connect(self.url + query, open_timeout=30, **options) as ws:
             self._connected.set()
             async for raw in ws:
                 now = time.time()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from models.registry import ModelRegistry
 from pipeline import outbox, receipts, tenants
+from pipeline.atrest import sealer_for
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
 from pipeline.features import (
@@ -103,7 +104,7 @@ async def _deliver(
     r: redis.Redis, settings: Settings, tenant_id: str, api_key: str, user_ids: list[str],
     selected: pd.Series, campaign_id: str, secret: bytes, timeout_seconds: float = 60.0,
 ) -> dict[str, Any]:
-    ws_url = f"ws://{settings.http_host}:{settings.http_port}/v1/inbox"
+    ws_url = settings.inbox_url
     clients = {
         user_id: InboxClient(ws_url, tenants.issue_user_token(secret, tenant_id, user_id))
         for user_id in selected.index
@@ -118,7 +119,8 @@ async def _deliver(
         for user_id in selected.index
     ]
     push_ids = {p.push_id for p in pushes}
-    outbox.enqueue(r, pushes)
+    outbox.enqueue(r, pushes, sealer=sealer_for(settings.at_rest_key_path,
+                                                seals=settings.encrypt_at_rest))
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         got = {x.push_id for c in clients.values() for x in c.received} & push_ids
@@ -156,7 +158,7 @@ def run_demo(
     started = time.monotonic()
     registry = ModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_artifact_root)
     report: dict[str, Any] = {"tenants": {}}
-    with redis_url_for(settings.redis_url, settings.data_dir) as redis_url:
+    with redis_url_for(settings.redis_url, settings.data_dir, tls=settings.embedded_tls) as redis_url:
         r = connect(redis_url)
         keys_by_tenant: dict[str, str] = {}
         datasets: dict[str, GeneratedTenant] = {}

@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from pipeline import keys, receipts, tenants
+from pipeline.atrest import Sealer
 from pipeline.errors import AuthError
 from pipeline.outbox import inbox_frame
 from pipeline.redis_server import SENTINEL_SCHEME, connect, connect_async
@@ -42,12 +45,23 @@ _PATH = "/v1/inbox"
 _RECHECK_SECONDS = 5.0
 
 
+def server_tls_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:
+    """TLS 1.2+ server context for wss:// from a PEM certificate chain and its key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert_file), str(key_file))
+    return context
+
+
 class Gateway:
     """Start with ``await gateway.start()``; ``gateway.port`` is the port it listens on."""
 
     def __init__(self, redis_url: str, *, host: str = "127.0.0.1", port: int = 0,
-                 batch: int = 200, ack_flush_ms: int = 20):
+                 batch: int = 200, ack_flush_ms: int = 20, sealer: Sealer | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
         self.redis_url = redis_url
+        self._ssl = ssl_context  # wss:// when given (server_tls_context)
+        self._sealer = sealer  # opens messages stored encrypted (pipeline.atrest)
         self.host = host
         self.port = port
         self.batch = batch
@@ -67,7 +81,7 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{_PATH}"
+        return f"{'wss' if self._ssl else 'ws'}://{self.host}:{self.port}{_PATH}"
 
     async def start(self) -> None:
         # Blocking pool: with more devices than connections, a read waits for one, not fails.
@@ -83,7 +97,7 @@ class Gateway:
         self._r = connect(self.redis_url)
         self._pubsub = self._ar.pubsub(ignore_subscribe_messages=True)
         self._server = await serve(self._handle, self.host, self.port, max_queue=64,
-                                   compression=None)
+                                   compression=None, ssl=self._ssl)
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         self._tasks = [asyncio.create_task(self._flush()), asyncio.create_task(self._listen())]
         log.info("gateway listening on %s", self.url)
@@ -151,6 +165,8 @@ class Gateway:
                 read = 0
                 for _, messages in reply:
                     for entry_id, fields in messages:
+                        if self._sealer is not None:
+                            fields = await self._sealer.frame_fields(self._ar, tenant_id, fields)
                         await ws.send(inbox_frame(entry_id, fields))
                         cursor = entry_id
                     read += len(messages)

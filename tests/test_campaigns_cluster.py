@@ -28,6 +28,7 @@ from test_campaigns_run import outbox_users, prepare, spec_text
 
 from models.registry import ModelRegistry
 from pipeline import keys
+from pipeline.atrest import sealer_for
 from pipeline.campaigns import parse_spec, save_campaign
 from pipeline.config import Settings
 from pipeline.redis_server import EmbeddedRedis
@@ -197,7 +198,8 @@ def test_a_campaign_run_on_a_two_node_cluster_uses_both_nodes_and_sends_each_use
     assert run["status"] == "done"
     arms = redis_client.hgetall(keys.campaign_arms(tenant_id, "spring", "c1"))
     treated = {u for u, arm in arms.items() if arm in ("a", "b")}
-    sent = outbox_users(redis_client, tenant_id, "spring")
+    # The CLI stores its pushes encrypted (the default) under the data directory's master key.
+    sent = outbox_users(redis_client, tenant_id, "spring", sealer_for(settings.at_rest_key_path))
     assert out["selected"] == len(arms) == out["eligible"] == 4000
     assert set(sent) == treated and set(sent.values()) == {1}
     assert out["sent"] == out["accepted_now"] == len(treated) > 3000

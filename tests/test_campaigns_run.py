@@ -13,6 +13,7 @@ import redis
 
 from models.registry import ModelRegistry
 from pipeline import keys, tenants
+from pipeline.atrest import Sealer
 from pipeline.campaigns import parse_spec, save_campaign
 from pipeline.campaigns.report import run_report
 from pipeline.campaigns.runner import RunConfig, run_campaign
@@ -66,8 +67,13 @@ def config(settings: Settings, redis_server: EmbeddedRedis, ray_session: None) -
                      show_progress=False)
 
 
-def outbox_users(r: redis.Redis, tenant_id: str, campaign_id: str) -> Counter[str]:
-    pushes = [entry_content(f) for _, f in r.xrange(keys.outbox_stream(tenant_id, "marketing"))]
+def outbox_users(r: redis.Redis, tenant_id: str, campaign_id: str,
+                 sealer: Sealer | None = None) -> Counter[str]:
+    """How many pushes of the campaign each user has queued (``sealer`` opens encrypted ones)."""
+    entries = [f for _, f in r.xrange(keys.outbox_stream(tenant_id, "marketing"))]
+    if sealer is not None:
+        entries = [sealer.open_fields(r, tenant_id, f) for f in entries]
+    pushes = [entry_content(f) for f in entries]
     return Counter(p["user_id"] for p in pushes if p["campaign_id"] == campaign_id)
 
 

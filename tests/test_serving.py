@@ -15,6 +15,7 @@ import redis
 import websockets
 
 from pipeline import guard, keys, tenants
+from pipeline.atrest import sealer_for
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
 from pipeline.featurestore import load_features, load_send_hours
@@ -39,6 +40,7 @@ class World:
     key_b: str
     key_a_score_only: str
     secret_a: bytes
+    at_rest_key_file: str
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,7 @@ def world(
         key_b=tenants.create_api_key(r, "api-b", ["score", "push:send"]),
         key_a_score_only=tenants.create_api_key(r, "api-a", ["score"]),
         secret_a=tenants.tenant_secret(r, "api-a"),
+        at_rest_key_file=str(settings.at_rest_key_path),
     )
     r.close()
 
@@ -592,7 +595,10 @@ def test_push_text_is_screened_before_it_is_stored(world: World, edge: Any) -> N
     for planted in ("415-555-0123", "carol.canary@example.com", "10.20.30.40"):
         assert planted not in stored
     ((_, fields),) = r.xrange(keys.outbox_stream(tenant_id, "transactional"))
-    assert json.loads(fields["m"])["title"] == "Call ****"
+    # Stored encrypted under the tenant's data key (the serve app's default); opened, screened.
+    assert fields["m"].startswith("ppe1:") and "Call" not in fields["m"]
+    sealer = sealer_for(world.at_rest_key_file)
+    assert json.loads(sealer.open_fields(r, tenant_id, fields)["m"])["title"] == "Call ****"
     refused = _post(world, "/v1/pushes", rejecting, body)
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "title"
 

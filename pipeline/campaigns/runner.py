@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from models.registry import ModelRegistry
 from pipeline import keys, outbox
+from pipeline.atrest import sealer_for
 from pipeline.campaigns.assignment import HOLDOUT, assign_arms
 from pipeline.campaigns.spec import CampaignSpec, Filter, template_fields
 from pipeline.consent import denied_users, scope_refusers
@@ -61,6 +62,9 @@ class RunConfig:
     artifact_root: str
     partition_size: int = 125_000
     show_progress: bool = True
+    # Settings.at_rest_key_path (None: pushes stored plain) and Settings.encrypt_at_rest.
+    at_rest_key_file: str | None = None
+    encrypt_at_rest: bool = True
 
 
 @dataclass
@@ -229,6 +233,8 @@ def _dispatch_partition(config: RunConfig, spec_json: str, run_id: str, index: i
     spec = CampaignSpec.model_validate_json(spec_json)
     tenant_id = spec.tenant
     r = connect(config.redis_url)
+    sealer = (None if config.at_rest_key_file is None
+              else sealer_for(config.at_rest_key_file, seals=config.encrypt_at_rest))
     started = time.perf_counter()
     try:
         done = r.hget(keys.campaign_run(tenant_id, spec.id, run_id), f"part:{index}")
@@ -296,7 +302,8 @@ def _dispatch_partition(config: RunConfig, spec_json: str, run_id: str, index: i
         enqueue_seconds = 0.0
         for batch_no, start in enumerate(range(0, len(pushes), _ENQUEUE_BATCH)):
             t = time.perf_counter()
-            result = outbox.enqueue(r, pushes[start : start + _ENQUEUE_BATCH], batch_size=2_000)
+            result = outbox.enqueue(r, pushes[start : start + _ENQUEUE_BATCH], batch_size=2_000,
+                                    sealer=sealer)
             enqueue_seconds += time.perf_counter() - t
             accepted += len(result.accepted)
             duplicates += len(result.duplicates)

@@ -20,6 +20,7 @@ import httpx
 import redis
 
 from pipeline import tenants
+from pipeline.atrest import Sealer, SealError, SealKeyError, is_sealed
 from pipeline.channels import SendResult
 from pipeline.errors import UnknownTenantError
 from pipeline.outbox import entry_content
@@ -60,8 +61,10 @@ class WebhookChannel:
         max_concurrency: int = 16,
         config_ttl_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        sealer: Sealer | None = None,
     ):
         self.r = r
+        self._sealer = sealer
         self.timeout_seconds = timeout_seconds
         self.config_ttl_seconds = config_ttl_seconds
         self._clock = clock
@@ -84,7 +87,7 @@ class WebhookChannel:
         if url is None:
             return [SendResult("retry", f"webhook: tenant {tenant_id!r} has no webhook URL; "
                                         "set one with tenants.set_webhook_url")] * len(pushes)
-        return list(self._pool.map(lambda push: self._post(url, secret, push), pushes))
+        return list(self._pool.map(lambda push: self._post(tenant_id, url, secret, push), pushes))
 
     def _tenant_config(self, tenant_id: str) -> tuple[str | None, bytes]:
         cached = self._config.get(tenant_id)
@@ -94,7 +97,17 @@ class WebhookChannel:
         self._config[tenant_id] = (self._clock(), url, secret)
         return url, secret
 
-    def _post(self, url: str, secret: bytes, push: Mapping[str, str]) -> SendResult:
+    def _post(self, tenant_id: str, url: str, secret: bytes, push: Mapping[str, str]) -> SendResult:
+        if self._sealer is not None:
+            try:
+                push = self._sealer.open_fields(self.r, tenant_id, push)
+            except SealKeyError as e:  # this worker's key file: fixable, so try again later
+                return SendResult("retry", f"webhook: {e}")
+            except SealError as e:  # changed or another push's: it will never open
+                return SendResult("permanent", f"webhook: {e}")
+        elif is_sealed(push.get("m", "")):
+            return SendResult("retry", "webhook: the message is encrypted and this worker has "
+                                       "no master key (Settings.at_rest_key_file)")
         content = entry_content(push)
         del content["channel"]
         body = json.dumps(content, separators=(",", ":")).encode()
