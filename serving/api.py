@@ -84,6 +84,12 @@ _PUSHES = Gauge("pushpilot_pushes", "Pushes by tenant and status", ["tenant", "s
 _HSTS: dict[str, bytes] = {}
 
 
+def _set_hsts(max_age: int) -> None:
+    # A module-level function: Serve pickles the ingress class by value, so a module global
+    # named in its methods would be a copy; this one is pickled by reference.
+    _HSTS["value"] = f"max-age={max_age}".encode()
+
+
 class _BodyLimitAndMetrics:
     """413 for bodies over the limit (declared or streamed), latency per route, and HSTS."""
 
@@ -369,7 +375,7 @@ class Api:
         self._ar = connect_async(args.redis_url, max_connections=20_000)
         self._sealer = sealer_for(args.at_rest_key_file, seals=args.encrypt_at_rest)
         if args.hsts_max_age:
-            _HSTS["value"] = f"max-age={args.hsts_max_age}".encode()
+            _set_hsts(args.hsts_max_age)
         self._seen_series: set[tuple[str, str]] = set()
         self._key_cache: dict[str, tuple[tenants.ApiKey, tenants.Plan, float]] = {}
         self._screen = EdgeScreen()
