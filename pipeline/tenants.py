@@ -308,27 +308,22 @@ def rotate_api_key(
     digest, _ = _find_key(r, tenant_id, key_id)
     name = keys.tenant_api_keys(tenant_id)
     # One transaction that re-reads the old key: a revocation landing meanwhile is never undone.
-    with r.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(name)
-                data = json.loads(pipe.hget(name, digest))
-                if data.get("revoked_at"):
-                    raise InvalidInputError("key_id", f"key {key_id!r} is revoked; create a new "
-                                            "key instead")
-                now = time.time()
-                old_expiry = data.get("expires_at")
-                ends = now + grace_seconds
-                data["expires_at"] = ends if old_expiry is None else min(float(old_expiry), ends)
-                pipe.multi()
-                pipe.hset(name, digest, json.dumps(data))
-                new_key = _queue_new_key(pipe, tenant_id, list(data["scopes"]), now + lifetime,
-                                         actor, "key.rotated", replaces=key_id,
-                                         old_expires_at=round(data["expires_at"], 3))
-                pipe.execute()
-                return new_key, float(data["expires_at"])
-            except redis.WatchError:
-                continue
+    def rotate(pipe: Any) -> tuple[str, float]:
+        data = json.loads(pipe.hget(name, digest))
+        if data.get("revoked_at"):
+            raise InvalidInputError("key_id", f"key {key_id!r} is revoked; create a new key instead")
+        now = time.time()
+        old_expiry = data.get("expires_at")
+        ends = now + grace_seconds
+        data["expires_at"] = ends if old_expiry is None else min(float(old_expiry), ends)
+        pipe.multi()
+        pipe.hset(name, digest, json.dumps(data))
+        new_key = _queue_new_key(pipe, tenant_id, list(data["scopes"]), now + lifetime, actor,
+                                 "key.rotated", replaces=key_id,
+                                 old_expires_at=round(data["expires_at"], 3))
+        return new_key, float(data["expires_at"])
+
+    return r.transaction(rotate, name, value_from_callable=True)  # type: ignore[no-any-return]
 
 
 def revoke_api_key(r: redis.Redis, tenant_id: str, key_id: str, *, actor: str = "system") -> None:
@@ -336,21 +331,17 @@ def revoke_api_key(r: redis.Redis, tenant_id: str, key_id: str, *, actor: str = 
     key changes nothing."""
     digest, _ = _find_key(r, tenant_id, key_id)
     name = keys.tenant_api_keys(tenant_id)
-    with r.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(name)
-                data = json.loads(pipe.hget(name, digest))
-                if data.get("revoked_at"):
-                    return
-                data["revoked_at"] = time.time()
-                pipe.multi()
-                pipe.hset(name, digest, json.dumps(data))
-                audit.record(pipe, tenant_id, actor, "key.revoked", f"key:{key_id}")
-                pipe.execute()
-                return
-            except redis.WatchError:
-                continue
+
+    def revoke(pipe: Any) -> None:
+        data = json.loads(pipe.hget(name, digest))
+        if data.get("revoked_at"):
+            return
+        data["revoked_at"] = time.time()
+        pipe.multi()
+        pipe.hset(name, digest, json.dumps(data))
+        audit.record(pipe, tenant_id, actor, "key.revoked", f"key:{key_id}")
+
+    r.transaction(revoke, name)
 
 
 def authenticate(r: redis.Redis, api_key: str, now: float | None = None) -> ApiKey:
