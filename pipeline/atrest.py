@@ -400,37 +400,32 @@ def rotate_data_key(r: redis.Redis, master: MasterKey, tenant_id: str, *, actor:
     """
     tenants.get_tenant(r, tenant_id)
     name = keys.data_keys(tenant_id)
-    with r.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(name)
-                raw = pipe.hgetall(name)
-                if _CURRENT not in raw:
-                    pipe.reset()
-                    Sealer(master)._create(r, tenant_id)
-                    return 1
-                versions = _versions(raw)
-                current = int(raw[_CURRENT])
-                if master.key_id not in versions.get(current, set()):
-                    raise InvalidInputError("at_rest_key_file", f"master key {master.key_id} does "
-                                            f"not wrap tenant {tenant_id!r}'s data keys; give the "
-                                            "key that does")
-                if any(len(masters) > 1 for masters in versions.values()):
-                    raise InvalidInputError(
-                        "at_rest_key_file", f"tenant {tenant_id!r}'s data keys are wrapped by "
-                        "several master keys (a master key change is under way); finish it with "
-                        "`pushpilot keys rewrap --drop-old` before rotating")
-                version = max(versions) + 1
-                pipe.multi()
-                pipe.hset(name, _field(version, master.key_id),
-                          master.wrap(tenant_id, version, secrets.token_bytes(_KEY_BYTES)))
-                pipe.hset(name, _CURRENT, str(version))
-                audit.record(pipe, tenant_id, actor, "data_key.rotated", f"data-key:{version}",
-                             master_key_id=master.key_id)
-                pipe.execute()
-                return version
-            except redis.WatchError:
-                continue
+    if not r.hexists(name, _CURRENT):
+        Sealer(master)._create(r, tenant_id)  # the first key, made atomically on its own
+        return 1
+
+    def rotate(pipe: Any) -> int:
+        raw = pipe.hgetall(name)
+        versions = _versions(raw)
+        current = int(raw[_CURRENT])
+        if master.key_id not in versions.get(current, set()):
+            raise InvalidInputError("at_rest_key_file", f"master key {master.key_id} does not "
+                                    f"wrap tenant {tenant_id!r}'s data keys; give the key that does")
+        if any(len(masters) > 1 for masters in versions.values()):
+            raise InvalidInputError(
+                "at_rest_key_file", f"tenant {tenant_id!r}'s data keys are wrapped by several "
+                "master keys (a master key change is under way); finish it with "
+                "`pushpilot keys rewrap --drop-old` before rotating")
+        version = max(versions) + 1
+        pipe.multi()
+        pipe.hset(name, _field(version, master.key_id),
+                  master.wrap(tenant_id, version, secrets.token_bytes(_KEY_BYTES)))
+        pipe.hset(name, _CURRENT, str(version))
+        audit.record(pipe, tenant_id, actor, "data_key.rotated", f"data-key:{version}",
+                     master_key_id=master.key_id)
+        return version
+
+    return r.transaction(rotate, name, value_from_callable=True)  # type: ignore[no-any-return]
 
 
 def rewrap(r: redis.Redis, old: MasterKey, new: MasterKey, tenant_id: str, *, actor: str,
@@ -440,30 +435,26 @@ def rewrap(r: redis.Redis, old: MasterKey, new: MasterKey, tenant_id: str, *, ac
     transaction (WATCH): a version added meanwhile is never left wrapped by ``old`` only."""
     tenants.get_tenant(r, tenant_id)
     name = keys.data_keys(tenant_id)
-    with r.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(name)
-                raw = pipe.hgetall(name)
-                mine = {int(n.split(":", 2)[1]): w for n, w in raw.items()
-                        if n.startswith("k:") and n.endswith(f":{old.key_id}")}
-                missing = sorted(set(_versions(raw)) - set(mine))
-                if missing:
-                    raise InvalidInputError("at_rest_key_file", f"master key {old.key_id} does "
-                                            f"not wrap data key versions {missing} of "
-                                            f"{tenant_id!r}")
-                pipe.multi()
-                for version, wrapped in mine.items():
-                    pipe.hset(name, _field(version, new.key_id),
-                              new.wrap(tenant_id, version, old.unwrap(tenant_id, version, wrapped)))
-                if drop_others:
-                    stale = [n for n in raw if n.startswith("k:") and not n.endswith(f":{new.key_id}")]
-                    if stale:
-                        pipe.hdel(name, *stale)
-                audit.record(pipe, tenant_id, actor, "data_key.rewrapped", "data-keys",
-                             old_master_key_id=old.key_id, new_master_key_id=new.key_id,
-                             dropped_others=drop_others)
-                pipe.execute()
-                return len(mine)
-            except redis.WatchError:
-                continue
+
+    def rewrap_all(pipe: Any) -> int:
+        raw = pipe.hgetall(name)
+        mine = {int(n.split(":", 2)[1]): w for n, w in raw.items()
+                if n.startswith("k:") and n.endswith(f":{old.key_id}")}
+        missing = sorted(set(_versions(raw)) - set(mine))
+        if missing:
+            raise InvalidInputError("at_rest_key_file", f"master key {old.key_id} does not wrap "
+                                    f"data key versions {missing} of {tenant_id!r}")
+        pipe.multi()
+        for version, wrapped in mine.items():
+            pipe.hset(name, _field(version, new.key_id),
+                      new.wrap(tenant_id, version, old.unwrap(tenant_id, version, wrapped)))
+        if drop_others:
+            stale = [n for n in raw if n.startswith("k:") and not n.endswith(f":{new.key_id}")]
+            if stale:
+                pipe.hdel(name, *stale)
+        audit.record(pipe, tenant_id, actor, "data_key.rewrapped", "data-keys",
+                     old_master_key_id=old.key_id, new_master_key_id=new.key_id,
+                     dropped_others=drop_others)
+        return len(mine)
+
+    return r.transaction(rewrap_all, name, value_from_callable=True)  # type: ignore[no-any-return]
