@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 
 import psutil
 import ray
@@ -16,6 +17,7 @@ from pipeline.config import Settings
 from pipeline.errors import PushError
 from serving.api import Api
 from serving.args import ServingArgs
+from serving.haproxy_local import HAPROXY_BINARY_VAR, is_launcher, write_launcher
 
 __all__ = ["build_app", "start_ray", "start_serve", "stop_serve", "APP_NAME"]
 
@@ -45,6 +47,10 @@ def build_app(args: ServingArgs) -> serve.Application:
     return Api.options(num_replicas=args.replicas).bind(args)
 
 
+_FALLBACK_PORT_VAR = "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"
+_OURS_VAR = "PUSHPILOT_SET_SERVE_ENV"
+
+
 def _serve_env(settings: Settings) -> dict[str, str]:
     """Ray Serve's ingress switches, from our settings; they must reach every Ray worker."""
     if settings.serve_ingress != "haproxy":
@@ -57,14 +63,28 @@ def _serve_env(settings: Settings) -> dict[str, str]:
     if not settings.ray_address:
         # Ray binds HAProxy's stats and metrics on every interface; the launcher binds them to
         # monitor_host. It lives on this machine, so only a local Ray can run it.
-        from serving.haproxy_local import write_launcher
-
         tls = (settings.tls_cert_file, settings.tls_key_file) if settings.is_tls else None
+        theirs = os.environ.get(HAPROXY_BINARY_VAR)
+        if tls is not None and theirs and not is_launcher(theirs) \
+                and HAPROXY_BINARY_VAR not in os.environ.get(_OURS_VAR, "").split(","):
+            # Their binary would read Ray's config as written: plain HTTP on the API's port.
+            raise PushError(f"HTTPS with serve_ingress = 'haproxy' runs HAProxy through "
+                            f"pushpilot's launcher; unset {HAPROXY_BINARY_VAR} ({theirs})")
         launcher = write_launcher(settings.data_dir / "haproxy", settings.monitor_host,
-                                  tls=tls,  # type: ignore[arg-type]
-                                  frontend=f"{settings.http_host}:{settings.http_port}")
-        env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(launcher)
+                                  settings.http_port, tls=tls)  # type: ignore[arg-type]
+        env[HAPROXY_BINARY_VAR] = str(launcher)
+        # When no replica is ready (at start, while one restarts) HAProxy falls back to Serve's
+        # proxy, on a fixed port (8500) bound with SO_REUSEPORT: a second deployment on this
+        # machine would share it, and the kernel would hand it the other's requests. A port
+        # of our own keeps each deployment's traffic its own.
+        env[_FALLBACK_PORT_VAR] = str(_free_port(settings.http_host))
     return env
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def start_ray(settings: Settings) -> None:
@@ -74,9 +94,15 @@ def start_ray(settings: Settings) -> None:
     for name, value in _WORKER_ENV.items():
         os.environ.setdefault(name, value)
     # Ray Serve's own switches (ingress mode, proxy settings) reach the workers; variables a
-    # user set win over ours.
+    # user set win over ours. Ours are listed in _OURS_VAR, so a start in this process or in
+    # one it spawned (a test's `pushpilot serve`) makes its own rather than reusing them.
+    ours = set(filter(None, os.environ.get(_OURS_VAR, "").split(",")))
     for name, value in _serve_env(settings).items():
-        os.environ.setdefault(name, value)
+        if name in ours or name not in os.environ or (
+                name == HAPROXY_BINARY_VAR and is_launcher(os.environ[name])):
+            os.environ[name] = value
+            ours.add(name)
+    os.environ[_OURS_VAR] = ",".join(sorted(ours))
     serve_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
     options: dict[str, object] = {
         "include_dashboard": False,

@@ -23,10 +23,13 @@ import websockets
 from pipeline import keys, tenants
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
+from pipeline.errors import PushError
 from pipeline.outbox import Push, enqueue
 from pipeline.redis_server import EmbeddedRedis, EmbeddedTls, _pid_alive, connect
+from serving.app import _serve_env
 from serving.client import InboxClient
 from serving.gateway import Gateway, server_tls_context
+from serving.haproxy_local import HAPROXY_BINARY_VAR, is_launcher, write_launcher
 
 PUSHPILOT = str(Path(sys.executable).with_name("pushpilot"))
 
@@ -55,6 +58,74 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_RAY_LIKE_CONFIG = """global
+    stats socket {folder}/admin.sock mode 666 level admin
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend prometheus
+    bind :{metrics}
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+frontend http_frontend
+    bind {api_host}:{api}
+    default_backend replicas
+backend replicas
+    server r1 127.0.0.1:1
+listen stats
+  bind *:{stats}
+  stats enable
+"""
+
+
+@pytest.mark.parametrize("http_host", ["0.0.0.0", "127.0.0.1"])
+@pytest.mark.parametrize("with_tls", [False, True])
+def test_the_haproxy_launcher_moves_monitors_only_and_puts_tls_on_the_api(
+    cert_files, tmp_path: Path, http_host: str, with_tls: bool,
+) -> None:
+    cert, key, _ = cert_files
+    api, metrics, stats = 18000, 19101, 18404
+    launcher = write_launcher(tmp_path / "launch", "127.0.0.2", api,
+                              tls=(cert, key) if with_tls else None)
+    assert is_launcher(str(launcher)) and not is_launcher(str(cert))
+    config = tmp_path / "ray.cfg"
+    # As Ray's template writes it: "*" for an API on every interface.
+    config.write_text(_RAY_LIKE_CONFIG.format(
+        folder=tmp_path, metrics=metrics, stats=stats, api=api,
+        api_host="*" if http_host == "0.0.0.0" else http_host))
+    checked = subprocess.run([str(launcher), "-c", "-f", str(config)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # HAProxy's own check
+    binds = [line.split()[1:] for line in Path(f"{config}.local").read_text().splitlines()
+             if line.strip().startswith("bind ")]
+    api_bind = ["*:18000" if http_host == "0.0.0.0" else f"{http_host}:18000"]
+    if with_tls:
+        api_bind += ["ssl", "crt", str(tmp_path / "launch" / "tls.pem"), "alpn", "http/1.1"]
+    assert binds == [["127.0.0.2:19101"], api_bind, ["127.0.0.2:18404"]]
+    assert "mode 600" in Path(f"{config}.local").read_text()
+
+
+def test_https_refuses_a_haproxy_binary_that_is_not_the_launcher(
+    cert_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cert, key, _ = cert_files
+    settings = Settings(data_dir=tmp_path, tls_cert_file=cert, tls_key_file=key)
+    theirs = tmp_path / "their-haproxy"
+    theirs.write_text("#!/bin/sh\n")
+    theirs.chmod(0o700)
+    monkeypatch.setenv(HAPROXY_BINARY_VAR, str(theirs))
+    monkeypatch.delenv("PUSHPILOT_SET_SERVE_ENV", raising=False)  # the user's, not ours
+    with pytest.raises(PushError, match=HAPROXY_BINARY_VAR):
+        _serve_env(settings)
+    # A launcher an earlier start wrote is ours to replace, not the user's choice.
+    stale = write_launcher(tmp_path / "old", "127.0.0.1", 1)
+    monkeypatch.setenv(HAPROXY_BINARY_VAR, str(stale))
+    fresh = Path(_serve_env(settings)[HAPROXY_BINARY_VAR]).read_text()
+    assert "ssl crt" in fresh and str(stale) not in fresh  # it runs HAProxy, not the old one
+    assert f"HAPROXY = {str(stale)!r}" not in fresh and "HAPROXY = '" in fresh
 
 
 def test_settings_need_both_tls_files_and_https_for_hsts(cert_files, tmp_path: Path) -> None:
@@ -153,8 +224,14 @@ def test_serve_over_https_sends_hsts_and_refuses_plaintext(cert_files, tmp_path:
             httpx.get(f"{url}/healthz", timeout=5)  # the system's CAs do not know ours
         unauthenticated = httpx.get(f"{url}/v1/tenants/me", verify=trusting, timeout=10)
         assert unauthenticated.status_code == 401
-        # HSTS comes from the app (HAProxy answers /healthz itself).
+        # HSTS comes from the app (HAProxy answers /healthz itself). It also tells this
+        # deployment's answers from the test session's own Serve on the same machine: Serve's
+        # fallback proxy port, shared through SO_REUSEPORT, once handed requests across.
         assert unauthenticated.headers["strict-transport-security"] == "max-age=31536000"
+        with httpx.Client(verify=trusting, timeout=10) as client:
+            answers = [client.get(f"{url}/v1/tenants/me") for _ in range(30)]
+        assert {(a.status_code, a.headers.get("strict-transport-security")) for a in answers} \
+            == {(401, "max-age=31536000")}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
