@@ -275,7 +275,13 @@ class ModelRegistry:
             return True, f"promoted: forced over champion v{current}"
         if champion_score is None:
             return False, f"kept champion v{current}: no champion_score to compare on"
-        champion = champion_score(self._load_version(name, current))
+        try:
+            loaded = self._load_version(name, current)
+        except UnsafeModelError as e:
+            # A champion we will not load (stored as a pickle before models were kept with
+            # skops, or altered since) cannot be compared on, nor kept serving.
+            return True, f"promoted: champion v{current} is refused at load ({e})"
+        champion = champion_score(loaded)
         if primary_metric in _LOWER_IS_BETTER:
             is_better = score < champion
         else:
@@ -448,39 +454,47 @@ def _check_trees(obj: Any, n_features: int | None, seen: set[int], label: str) -
 
     skops rebuilds a tree's arrays as stored; scikit-learn's predict then follows node and
     feature indices without bounds checks, so an out-of-range one would read or crash outside
-    the arrays. ``n_features`` is the input width of the nearest enclosing estimator.
+    the arrays, and a child that points back up would loop forever. Trees are built parents
+    first, so every child's index is above its parent's. ``n_features`` is the input width of
+    the nearest enclosing estimator; a tree under none that names one is refused.
     """
     from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
     from sklearn.tree._tree import Tree
 
-    if id(obj) in seen or isinstance(obj, (np.ndarray, str, bytes, int, float, type)):
+    if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type)):
+        return
+    if isinstance(obj, np.ndarray) and obj.dtype != object:
         return
     seen.add(id(obj))
     if isinstance(obj, TreePredictor):
         nodes = obj.nodes
-        inner = nodes[nodes["is_leaf"] == 0]
+        index = np.flatnonzero(nodes["is_leaf"] == 0)
+        inner = nodes[index]
         n_bitsets = len(obj.raw_left_cat_bitsets)
-        width = np.iinfo(np.int64).max if n_features is None else n_features
         is_bad = (
-            np.any((inner["left"] >= len(nodes)) | (inner["right"] >= len(nodes)))
-            or np.any(inner["feature_idx"] >= width)
+            n_features is None
+            or np.any((inner["left"] <= index) | (inner["left"] >= len(nodes)))
+            or np.any((inner["right"] <= index) | (inner["right"] >= len(nodes)))
+            or np.any((inner["feature_idx"] < 0) | (inner["feature_idx"] >= n_features))
             or np.any(inner["is_categorical"].astype(bool) & (inner["bitset_idx"] >= n_bitsets))
         )
     elif isinstance(obj, Tree):
         count = obj.node_count
-        inner = obj.children_left != -1
+        arrays = (obj.children_left, obj.children_right, obj.feature, obj.threshold, obj.value)
+        index = np.flatnonzero(obj.children_left != -1)
+        left, right, feature = (a[index] for a in arrays[:3])
         is_bad = (
-            len(obj.children_left) != count or len(obj.value) != count
-            or np.any((obj.children_left[inner] < 0) | (obj.children_left[inner] >= count))
-            or np.any((obj.children_right[inner] < 0) | (obj.children_right[inner] >= count))
-            or np.any((obj.feature[inner] < 0) | (obj.feature[inner] >= obj.n_features))
+            any(len(a) != count for a in arrays)
+            or np.any((left <= index) | (left >= count))
+            or np.any((right <= index) | (right >= count))
+            or np.any((feature < 0) | (feature >= obj.n_features))
             or (n_features is not None and obj.n_features != n_features)
         )
     else:
         if isinstance(obj, dict):
             children = list(obj.values())
-        elif isinstance(obj, (list, tuple)):
-            children = list(obj)
+        elif isinstance(obj, (list, tuple, np.ndarray)):  # object arrays: a forest's trees
+            children = list(obj.flat) if isinstance(obj, np.ndarray) else list(obj)
         else:
             children = list(getattr(obj, "__dict__", {}).values())
             width = getattr(obj, "n_features_in_", None)

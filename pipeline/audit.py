@@ -15,6 +15,7 @@ from __future__ import annotations
 import getpass
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,14 +64,20 @@ def record_once(r: redis.Redis, tenant_id: str, what: str, period_seconds: int, 
     return True
 
 
+# Year 5138: past it a millisecond stream id no longer fits where XRANGE reads it.
+_LATEST_SINCE = 1e11
+
+
 def read(r: redis.Redis, tenant_id: str, *, since: float | None = None, action: str | None = None,
          limit: int = 100) -> list[AuditEntry]:
     """Entries oldest first, from ``since`` (epoch seconds) on, whose action is ``action`` or
     starts with ``action.`` (``key`` finds ``key.created`` and ``key.revoked``)."""
     if not isinstance(limit, int) or not 1 <= limit <= MAX_READ:
         raise InvalidInputError("limit", f"must be 1-{MAX_READ}, got {limit!r}")
-    if since is not None and (not isinstance(since, (int, float)) or since < 0):
-        raise InvalidInputError("since", f"must be epoch seconds >= 0, got {since!r}")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))
+                              or not 0 <= since <= _LATEST_SINCE):
+        raise InvalidInputError("since", f"must be epoch seconds, 0 to {_LATEST_SINCE:.0f}, "
+                                         f"got {since!r}")  # NaN fails the range too
     start = "-" if since is None else str(int(since * 1000))
     found: list[AuditEntry] = []
     while len(found) < limit:
@@ -80,15 +87,31 @@ def read(r: redis.Redis, tenant_id: str, *, since: float | None = None, action: 
         for entry_id, fields in batch:
             name = fields.get("action", "")
             if action is None or name == action or name.startswith(action + "."):
-                found.append(AuditEntry(
-                    entry_id=entry_id, at=float(fields.get("at", 0)), actor=fields.get("actor", ""),
-                    action=name, target=fields.get("target", ""),
-                    detail=json.loads(fields.get("detail") or "{}"),
-                ))
+                found.append(_entry(entry_id, fields))
                 if len(found) == limit:
                     break
         start = "(" + batch[-1][0]
     return found
+
+
+def read_all(r: redis.Redis, tenant_id: str, *, since: float, until: float) -> Iterator[AuditEntry]:
+    """Every entry from ``since`` up to the first after ``until`` (epoch seconds), oldest
+    first, a page at a time."""
+    start = str(int(since * 1000))
+    while batch := r.xrange(keys.audit(tenant_id), min=start, count=500):
+        for entry_id, fields in batch:
+            entry = _entry(entry_id, fields)
+            if entry.at > until:
+                return
+            yield entry
+        start = "(" + batch[-1][0]
+
+
+def _entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
+    return AuditEntry(entry_id=entry_id, at=float(fields.get("at", 0)),
+                      actor=fields.get("actor", ""), action=fields.get("action", ""),
+                      target=fields.get("target", ""),
+                      detail=json.loads(fields.get("detail") or "{}"))
 
 
 def cli_actor() -> str:

@@ -97,19 +97,34 @@ def _alerted_keys(record: dict[str, Any]) -> list[str]:
     return sorted(s.removeprefix("key:") for s in record["series"] if s.startswith("key:"))
 
 
+def _with_what_they_made(to_revoke: list[str], known: dict[str, dict[str, Any]]) -> list[str]:
+    """``to_revoke`` and every key made with one of them, and with those, and so on: a leaked
+    admin key may have minted keys of its own."""
+    out = list(to_revoke)
+    grew = True
+    while grew:
+        made = [k for k, key in known.items()
+                if k not in out and key.get("created_by", "").removeprefix("key:") in out]
+        out.extend(made)
+        grew = bool(made)
+    return out
+
+
 def contain(r: redis.Redis, tenant_id: str, incident_id: str, *, actor: str,
             revoke_keys: list[str] | None = None, pause_campaigns: bool = True,
             requests_per_second: int | None = None, sends_per_second: int | None = None,
             now: float | None = None) -> dict[str, Any]:
     """Contain an open incident in one step, and record each action on it and in the audit.
 
-    - revokes ``revoke_keys`` (default: the keys whose traffic the incident's alerts are about);
+    - revokes ``revoke_keys`` (default: the keys whose traffic the incident's alerts are about)
+      and every key one of them made;
     - pauses every scheduled campaign of the tenant (``close`` puts them back on the schedule);
     - lowers the plan's ``requests_per_second`` / ``sends_per_second`` to the given values
-      (``close`` restores the plan it found).
+      (``close`` restores the values it found).
 
-    Everything is checked before anything changes: an unknown key id, a closed incident or a
-    rate below 1 changes nothing.
+    Everything is checked before anything changes: an unknown key id, a closed incident, a
+    rate below 1 or above the plan's changes nothing. Each step is saved on the incident as
+    it is done, so a failure part-way leaves a record of what was done.
     """
     record = get_incident(r, tenant_id, incident_id)
     if record["state"] == "closed":
@@ -120,47 +135,64 @@ def contain(r: redis.Redis, tenant_id: str, incident_id: str, *, actor: str,
     if unknown:
         raise InvalidInputError("revoke_keys", f"tenant {tenant_id!r} has no key {unknown[0]!r}")
     plan = tenants.get_tenant(r, tenant_id).plan
+    changes: dict[str, int] = {}
     for name, value in (("requests_per_second", requests_per_second),
                         ("sends_per_second", sends_per_second)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInputError(name, f"must be a whole number >= 1, got {value!r}")
-    changes = {k: v for k, v in (("requests_per_second", requests_per_second),
-                                 ("sends_per_second", sends_per_second)) if v is not None}
+        if 0 < getattr(plan, name) < value:  # 0: no limit, so any value lowers it
+            raise InvalidInputError(name, f"a containment only lowers: the plan allows "
+                                          f"{getattr(plan, name)}, got {value}")
+        changes[name] = value
     lowered = replace(plan, **changes) if changes else plan  # validates before any change
 
     at = _now(now)
     target = f"incident:{incident_id}"
-    actions: list[dict[str, Any]] = []
-    revoked = [k for k in to_revoke if known[k]["state"] != "revoked"]
-    for key_id in revoked:
-        tenants.revoke_api_key(r, tenant_id, key_id, actor=actor)
-    actions.append({"at": at, "action": "keys.revoked", "key_ids": revoked})
-    if pause_campaigns:
-        paused = [c["id"] for c in list_campaigns(r, tenant_id)
-                  if c["status"] == "active" and c["next_due"] is not None]
-        for campaign_id in paused:
-            r.zrem(keys.campaign_schedules(), f"{tenant_id}/{campaign_id}")
-            set_campaign_status(r, tenant_id, campaign_id, "paused")
-        actions.append({"at": at, "action": "campaigns.paused", "campaign_ids": paused})
-    if changes:
-        tenants.set_plan(r, tenant_id, lowered)
-        actions.append({"at": at, "action": "plan.lowered", "changes": changes,
-                        "previous_plan": asdict(plan)})
-    record["actions"].extend(actions)
-    record["state"] = "contained"
-    record["contained_at"] = record["contained_at"] or at
-    record["contained_by"] = actor
-    _save(r, record)
-    audit.record(r, tenant_id, actor, "incident.contained", target,
-                 actions=[{k: v for k, v in a.items() if k != "previous_plan"} for a in actions])
+    done: list[dict[str, Any]] = []
+
+    def step(action: dict[str, Any]) -> dict[str, Any]:
+        record["actions"].append(action)
+        done.append(action)
+        return action
+
+    try:
+        revoked = step({"at": at, "action": "keys.revoked", "key_ids": []})
+        for key_id in _with_what_they_made(to_revoke, known):
+            if known[key_id]["state"] != "revoked":
+                tenants.revoke_api_key(r, tenant_id, key_id, actor=actor)
+                revoked["key_ids"].append(key_id)
+                _save(r, record)
+        if pause_campaigns:
+            paused = step({"at": at, "action": "campaigns.paused", "campaign_ids": []})
+            for campaign in list_campaigns(r, tenant_id):
+                if campaign["status"] == "active" and campaign["next_due"] is not None:
+                    r.zrem(keys.campaign_schedules(), f"{tenant_id}/{campaign['id']}")
+                    set_campaign_status(r, tenant_id, campaign["id"], "paused")
+                    paused["campaign_ids"].append(campaign["id"])
+                    _save(r, record)
+        if changes:
+            tenants.set_plan(r, tenant_id, lowered)
+            step({"at": at, "action": "plan.lowered", "changes": changes,
+                  "previous_plan": asdict(plan)})
+        record["state"] = "contained"
+        record["contained_at"] = record["contained_at"] or at
+        record["contained_by"] = actor
+    finally:
+        _save(r, record)
+        audit.record(r, tenant_id, actor, "incident.contained", target,
+                     complete=record["state"] == "contained",
+                     actions=[{k: v for k, v in a.items() if k != "previous_plan"} for a in done])
     return record
 
 
 def close_incident(r: redis.Redis, tenant_id: str, incident_id: str, *, actor: str,
                    notes: str = "", restore: bool = True, now: float | None = None) -> dict[str, Any]:
     """Close an incident with its notes (what to improve). With ``restore`` the campaigns it
-    paused go back on the schedule and the plan it lowered is put back; revoked keys stay
-    revoked (make new ones)."""
+    paused, and still paused, go back on the schedule, and each plan value it lowered gets the
+    value it had before the first lowering (values changed otherwise are left); revoked keys
+    stay revoked (make new ones)."""
     record = get_incident(r, tenant_id, incident_id)
     if record["state"] == "closed":
         raise InvalidInputError("incident", f"incident {incident_id} is already closed")
@@ -168,19 +200,28 @@ def close_incident(r: redis.Redis, tenant_id: str, incident_id: str, *, actor: s
     at = _now(now)
     undone: list[dict[str, Any]] = []
     if restore:
+        paused = [c for a in record["actions"] if a["action"] == "campaigns.paused"
+                  for c in a["campaign_ids"]]
+        if paused:
+            statuses = {c["id"]: c["status"] for c in list_campaigns(r, tenant_id)}
+            resumed = []
+            for campaign_id in dict.fromkeys(paused):
+                if statuses.get(campaign_id) != "paused":
+                    continue  # deleted, cancelled or resumed by someone since: theirs to decide
+                try:
+                    schedule_campaign(r, load_campaign(r, tenant_id, campaign_id), at)
+                    resumed.append(campaign_id)
+                except (InvalidInputError, LookupError, ValueError):
+                    continue  # its schedule ended meanwhile: stays off
+            undone.append({"at": at, "action": "campaigns.resumed", "campaign_ids": resumed})
+        before: dict[str, int] = {}
         for action in record["actions"]:
-            if action["action"] == "campaigns.paused":
-                resumed = []
-                for campaign_id in action["campaign_ids"]:
-                    try:
-                        schedule_campaign(r, load_campaign(r, tenant_id, campaign_id), at)
-                        resumed.append(campaign_id)
-                    except (InvalidInputError, LookupError, ValueError):
-                        continue  # deleted, or its schedule ended meanwhile: stays off
-                undone.append({"at": at, "action": "campaigns.resumed", "campaign_ids": resumed})
-            elif action["action"] == "plan.lowered":
-                tenants.set_plan(r, tenant_id, tenants.Plan(**action["previous_plan"]))
-                undone.append({"at": at, "action": "plan.restored"})
+            if action["action"] == "plan.lowered":
+                for name in action["changes"]:
+                    before.setdefault(name, action["previous_plan"][name])
+        if before:
+            tenants.set_plan(r, tenant_id, replace(tenants.get_tenant(r, tenant_id).plan, **before))
+            undone.append({"at": at, "action": "plan.restored", "values": before})
     record["actions"].extend(undone)
     record.update(state="closed", closed_at=at, closed_by=actor, notes=notes)
     _save(r, record)
@@ -214,9 +255,7 @@ def _timeline(r: redis.Redis, record: dict[str, Any]) -> tuple[list[tuple[float,
     rows: list[tuple[float, str, str, str]] = []
     for alert in alerts:
         rows.append((float(alert.get("second", 0)), "guard", "alert", alert.get("reason", "")))
-    for entry in audit.read(r, tenant_id, since=start, limit=audit.MAX_READ):
-        if entry.at > end:
-            break
+    for entry in audit.read_all(r, tenant_id, since=start, until=end):
         if entry.action in ("key.used", "audit.read", "alerts.read"):
             continue  # routine reads, not part of the story
         detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items() if k != "actions")

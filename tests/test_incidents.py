@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from pipeline import audit, campaigns, guard, incidents, keys, tenants
-from pipeline.campaigns.scheduler import schedule_campaign
+from pipeline.campaigns.scheduler import schedule_campaign, unschedule_campaign
 from pipeline.errors import InvalidInputError
 from pipeline.redis_server import EmbeddedRedis
 
@@ -95,6 +95,64 @@ def test_contain_revokes_the_alerted_key_pauses_campaigns_lowers_rates_and_close
     for expected in ("leaked key", "key.revoked", "incident.contained", "rotate keys monthly",
                      "campaigns.paused", "plan.lowered", "campaigns.resumed", "plan.restored"):
         assert expected in report, expected
+
+
+def test_close_after_two_containments_restores_what_was_there_and_leaves_later_decisions(
+    redis_client: redis.Redis, tenant: str,
+) -> None:
+    r = redis_client
+    leaked = tenants.create_api_key(r, tenant, ["admin"], actor="cli:ops")
+    leaked_id = tenants.key_id_of(leaked)
+    # What the leaked admin key minted, and what that key minted in turn, goes with it.
+    minted = tenants.create_api_key(r, tenant, ["admin"], actor=f"key:{leaked_id}")
+    minted_twice = tenants.create_api_key(r, tenant, ["score"],
+                                          actor=f"key:{tenants.key_id_of(minted)}")
+    bystander = tenants.create_api_key(r, tenant, ["score"], actor="cli:ops")
+    _scheduled_campaign(r, tenant, "weekly")
+    _scheduled_campaign(r, tenant, "daily")
+    record = incidents.open_incident(r, tenant, "leaked admin key", actor="cli:ops",
+                                     alert_ids=[])
+
+    with pytest.raises(InvalidInputError, match="only lowers"):
+        incidents.contain(r, tenant, record["id"], actor="cli:ops", revoke_keys=[leaked_id],
+                          requests_per_second=10_000)
+    incidents.contain(r, tenant, record["id"], actor="cli:ops", revoke_keys=[leaked_id],
+                      requests_per_second=50)
+    incidents.contain(r, tenant, record["id"], actor="cli:ops", revoke_keys=[],
+                      requests_per_second=5, sends_per_second=20)
+    for key in (leaked, minted, minted_twice):
+        with pytest.raises(Exception, match="revoked"):
+            tenants.authenticate(r, key)
+    assert tenants.authenticate(r, bystander)
+    # Meanwhile an operator cancels one paused campaign and raises the backlog limit.
+    unschedule_campaign(r, tenant, "daily")
+    plan = tenants.get_tenant(r, tenant).plan
+    tenants.set_plan(r, tenant, tenants.Plan(**{**plan.__dict__, "max_backlog": 5}))
+
+    closed = incidents.close_incident(r, tenant, record["id"], actor="cli:ops")
+    plan = tenants.get_tenant(r, tenant).plan
+    assert (plan.requests_per_second, plan.sends_per_second, plan.max_backlog) == (
+        tenants.Plan().requests_per_second, tenants.Plan().sends_per_second, 5)
+    statuses = {c["id"]: c["status"] for c in campaigns.list_campaigns(r, tenant)}
+    assert statuses == {"daily": "cancelled", "weekly": "active"}
+    assert r.zscore(keys.campaign_schedules(), f"{tenant}/daily") is None
+    assert closed["actions"][-2:] == [
+        {"at": closed["closed_at"], "action": "campaigns.resumed", "campaign_ids": ["weekly"]},
+        {"at": closed["closed_at"], "action": "plan.restored",
+         "values": {"requests_per_second": tenants.Plan().requests_per_second,
+                    "sends_per_second": tenants.Plan().sends_per_second}}]
+
+
+def test_the_report_reads_the_whole_audit_trail_of_a_long_incident(
+    redis_client: redis.Redis, tenant: str,
+) -> None:
+    r = redis_client
+    record = incidents.open_incident(r, tenant, "long one", actor="cli:ops", alert_ids=[])
+    for i in range(audit.MAX_READ + 200):
+        audit.record(r, tenant, "cli:ops", "policy.set", f"policy:{i}")
+    incidents.close_incident(r, tenant, record["id"], actor="cli:ops", notes="the last line")
+    report = incidents.report_markdown(r, tenant, record["id"])
+    assert f"policy:{audit.MAX_READ + 199}" in report and "incident.closed" in report
 
 
 def test_bad_incident_requests_are_refused_and_change_nothing(

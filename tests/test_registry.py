@@ -271,7 +271,8 @@ def test_a_model_file_naming_an_unknown_type_is_refused_even_with_a_matching_dig
     assert not marker.exists()
 
 
-def test_a_pickled_model_is_refused_without_being_unpickled(registry, store, data, tmp_path):
+def test_a_pickled_model_is_refused_without_being_unpickled(registry, store, data, tmp_path,
+                                                             good_model):
     """A version stored as a pickle (by an older pushpilot, or planted) never runs at load."""
     import mlflow
     import mlflow.sklearn
@@ -293,6 +294,14 @@ def test_a_pickled_model_is_refused_without_being_unpickled(registry, store, dat
     with pytest.raises(UnsafeModelError, match="stored as cloudpickle, which runs code"):
         registry.load_champion("pickled")
     assert not marker.exists()
+
+    # Retraining replaces such a champion (there is nothing to compare with) and says why.
+    retrained = _log(registry, "pickled", good_model, data)
+    assert retrained.is_champion and not marker.exists()
+    note = registry._client.get_model_version("pushpilot.pickled.propensity",
+                                              str(retrained.version)).tags["promotion"]
+    assert note.startswith("promoted: champion v1 is refused at load")
+    assert registry.load_champion("pickled")[1] == retrained.version
 
 
 def test_every_kind_of_model_we_train_is_stored_with_types_from_the_allow_list(data, good_model):
@@ -336,3 +345,55 @@ def test_a_tree_pointing_outside_itself_is_refused_even_with_a_matching_digest(
 
     with pytest.raises(UnsafeModelError, match="node or feature indices are out of range"):
         registry.load_champion("crafted-tree")
+
+
+def _small_fit(kind: str) -> object:
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    model = (HistGradientBoostingClassifier(max_iter=3) if kind == "hist"
+             else GradientBoostingClassifier(n_estimators=3))
+    return model.fit(X, y)
+
+
+def _hist_root(model: object) -> tuple[np.ndarray, int]:
+    nodes = model._predictors[0][0].nodes  # type: ignore[attr-defined]
+    return nodes, int(np.flatnonzero(nodes["is_leaf"] == 0)[0])
+
+
+def _cycle(model: object) -> None:
+    nodes, root = _hist_root(model)
+    nodes["left"][root] = root  # predict would loop on the root forever
+
+
+def _negative_feature(model: object) -> None:
+    nodes, root = _hist_root(model)
+    nodes["feature_idx"][root] = -3
+
+
+def _no_width(model: object) -> None:
+    del model.n_features_in_  # type: ignore[attr-defined]  # nothing to bound feature_idx by
+
+
+def _forest_tree_past_its_end(model: object) -> None:
+    tree = model.estimators_[1, 0].tree_  # type: ignore[attr-defined]  # an object array
+    tree.children_right[0] = tree.node_count + 5
+
+
+@pytest.mark.parametrize(("kind", "craft"), [
+    ("hist", _cycle), ("hist", _negative_feature), ("hist", _no_width),
+    ("forest", _forest_tree_past_its_end),
+])
+def test_crafted_tree_values_are_refused_wherever_the_tree_sits(kind, craft) -> None:
+    from models.registry import _check_trees
+
+    model = _small_fit(kind)
+    _check_trees(skops_io.loads(skops_io.dumps(model), trusted=list(SAFE_TYPES) + [
+        "sklearn.ensemble._gb.GradientBoostingClassifier",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
+        "HistGradientBoostingClassifier"]), None, set(), "the untouched model")  # passes
+    craft(model)
+    with pytest.raises(UnsafeModelError, match="node or feature indices are out of range"):
+        _check_trees(model, None, set(), "a crafted model")

@@ -38,6 +38,16 @@ def _state(r: redis.Redis, tenant_id: str) -> Any:
             r.hlen(keys.api_key_index()))
 
 
+@pytest.mark.parametrize("since", [float("nan"), float("inf"), -1.0, 1e12, True, "0"])
+def test_an_audit_read_refuses_a_since_that_is_not_epoch_seconds(
+    redis_client: redis.Redis, tenant: str, since: object,
+) -> None:
+    audit.record(redis_client, tenant, "cli:ops", "key.created", "key:k")
+    with pytest.raises(InvalidInputError, match="since"):
+        audit.read(redis_client, tenant, since=since)  # type: ignore[arg-type]
+    assert [e.action for e in audit.read(redis_client, tenant, since=0)] == ["key.created"]
+
+
 def test_a_key_expires_and_is_then_refused_with_the_reason(redis_client: redis.Redis, tenant: str) -> None:
     api_key = tenants.create_api_key(redis_client, tenant, ["score"], expires_days=1, actor="cli:ops")
     key = tenants.authenticate(redis_client, api_key)
