@@ -29,7 +29,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -443,7 +443,38 @@ class EmbeddedRedis:
                 lease.unlink(missing_ok=True)
         return live
 
+    def _stop_stale_front(self) -> None:
+        """Stop a TLS listener left by a Valkey that died under it: it holds the TLS port."""
+        try:
+            pid = int(json.loads(self._state_file.read_text()).get("tls_pid", 0))
+        except (OSError, ValueError, AttributeError):
+            return
+        if pid and _is_tls_front_of(pid, self.dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid)
+
+    def _with_live_front(self, state: _ServerState) -> _ServerState:
+        """``state``, with its TLS listener started again if it was recorded and has died."""
+        if not state.tls_address or (state.tls_pid and _is_tls_front_of(state.tls_pid, self.dir)):
+            return state
+        if self.tls is None:
+            log.warning("the embedded Valkey's TLS listener on %s is down; the process that "
+                        "starts the server with redis_tls_port starts it again",
+                        state.tls_address)
+            return state
+        state = replace(state, tls_pid=_start_tls_front(self.dir, self.tls, state.port),
+                        tls_address=f"{self.tls.host}:{self.tls.port}")
+        self._write_state(state)
+        return state
+
+    def _write_state(self, state: _ServerState) -> None:
+        write_private(self._state_file, json.dumps({
+            "pid": state.pid, "port": state.port, "tls_pid": state.tls_pid,
+            "tls_address": state.tls_address}))
+
     def _start(self) -> _ServerState:
+        self._stop_stale_front()
         port = _free_port()
         pidfile = self.dir / "valkey.pid"
         pidfile.unlink(missing_ok=True)
@@ -496,9 +527,7 @@ class EmbeddedRedis:
                 raise
             state = _ServerState(pid=state.pid, port=port, credentials=credentials,
                                  tls_pid=tls_pid, tls_address=f"{self.tls.host}:{self.tls.port}")
-        write_private(self._state_file, json.dumps({
-            "pid": state.pid, "port": state.port, "tls_pid": state.tls_pid,
-            "tls_address": state.tls_address}))
+        self._write_state(state)
         log.info("started embedded Valkey pid=%d on %s (data in %s)", state.pid, state.address,
                  self.dir)
         return state
@@ -507,7 +536,8 @@ class EmbeddedRedis:
         if self._state is not None:
             return self._state.url
         with self._locked():
-            state = self._read_state() or self._start()
+            state = self._read_state()
+            state = self._start() if state is None else self._with_live_front(state)
             self._live_leases()
             lease = self._lease_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             lease.touch(mode=0o600)
@@ -521,7 +551,12 @@ class EmbeddedRedis:
             if self._lease is not None:
                 self._lease.unlink(missing_ok=True)
             if not self._live_leases():
-                _shutdown(self._state)
+                # The server running now: it may have been started again since we acquired.
+                live = self._read_state()
+                if live is not None:
+                    _shutdown(live)
+                else:
+                    self._stop_stale_front()
                 self._state_file.unlink(missing_ok=True)
         self._lease, self._state = None, None
 
@@ -582,6 +617,16 @@ def _start_tls_front(valkey_dir: Path, tls: EmbeddedTls, valkey_port: int) -> in
     return pid
 
 
+def _is_tls_front_of(pid: int, valkey_dir: Path) -> bool:
+    """Whether ``pid`` is the HAProxy running this directory's TLS listener (not a recycled pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return _pid_alive(pid) and str(valkey_dir / "tls-front.cfg").encode() in args
+
+
 def _shutdown(state: _ServerState) -> None:
     if state.tls_pid and _pid_alive(state.tls_pid):
         with contextlib.suppress(ProcessLookupError):
@@ -631,6 +676,7 @@ def stop_embedded(data_dir: Path) -> bool:
             _wait_gone(e.pid)
         else:
             if state is None:
+                server._stop_stale_front()
                 return False
             _shutdown(state)
         server._state_file.unlink(missing_ok=True)

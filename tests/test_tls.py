@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -270,3 +271,43 @@ def test_the_embedded_valkey_serves_rediss_with_ca_verification_and_refuses_plai
         r.close()
         admin.close()
     assert not _pid_alive(tls_pid)  # the listener stops with the server
+
+
+def test_the_valkey_tls_listener_is_restarted_when_it_died_and_stopped_when_valkey_did(
+    cert_files, tmp_path: Path,
+) -> None:
+    cert, key, ca_file = cert_files
+    tls = EmbeddedTls("127.0.0.1", _free_port(), cert, key)
+
+    def ping_over_tls(server: EmbeddedRedis) -> bool:
+        client = connect(f"{server.tls_url}?ssl_ca_certs={ca_file}", socket_timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    first = EmbeddedRedis(tmp_path, tls=tls)
+    first.acquire()
+    try:
+        front = first._state.tls_pid
+        os.kill(front, signal.SIGKILL)  # the listener dies; Valkey lives on
+        _wait_until(lambda: not _pid_alive(front))
+        with EmbeddedRedis(tmp_path, tls=tls) as second:  # the next process starts it again
+            assert second._state.tls_pid != front and ping_over_tls(second)
+            restarted = second._state.tls_pid
+            # Valkey dies under its listener: the next start stops the orphan, which still
+            # holds the TLS port, and starts its own.
+            os.kill(second._state.pid, signal.SIGKILL)
+            _wait_until(lambda: not _pid_alive(second._state.pid))
+            assert _pid_alive(restarted)
+            with EmbeddedRedis(tmp_path, tls=tls) as third:
+                assert not _pid_alive(restarted) and ping_over_tls(third)
+    finally:
+        first.release()
+
+
+def _wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
