@@ -103,11 +103,20 @@ class _BodyLimitAndMetrics:
             return
         started = time.perf_counter()
         status = {"code": 500}
+
+        async def tracking_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                if _HSTS:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"strict-transport-security", _HSTS["value"])]}
+            await send(message)
+
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             response = _problem(413, "Payload Too Large",
                                 f"request body over {self.max_body_bytes} bytes")
-            await response(scope, receive, send)
+            await response(scope, receive, tracking_send)
             _REQUESTS.labels("-", "413").inc()
             return
         seen = 0
@@ -121,21 +130,12 @@ class _BodyLimitAndMetrics:
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                if _HSTS:
-                    message = {**message, "headers": [*message.get("headers", []),
-                                                      (b"strict-transport-security", _HSTS["value"])]}
-            await send(message)
-
         try:
             await self.inner(scope, limited_receive, tracking_send)
         except _TooLarge:
             response = _problem(413, "Payload Too Large",
                                 f"request body over {self.max_body_bytes} bytes")
-            await response(scope, receive, send)
-            status["code"] = 413
+            await response(scope, receive, tracking_send)
         route = scope.get("route")
         path = getattr(route, "path", "-")
         _REQUESTS.labels(path, str(status["code"])).inc()

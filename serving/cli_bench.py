@@ -315,6 +315,7 @@ def bench_campaign(
     from models.propensity import PropensityModel
     from models.registry import ModelRegistry
     from pipeline import keys, tenants
+    from pipeline.atrest import ensure_master_key
     from pipeline.campaigns import parse_spec
     from pipeline.campaigns.runner import STAGES, RunConfig, run_campaign
     from pipeline.campaigns.synthetic import synthetic_features, synthetic_labels
@@ -367,9 +368,12 @@ selection: {{top_k: {max(1, int(users * select_share))}}}
 holdout_percent: {holdout}
 """)
         start_ray(current)
+        # As `pushpilot campaign run` stores pushes: sealed, unless the settings say otherwise.
         config = RunConfig(redis_url=url, tracking_uri=current.mlflow_tracking_uri,
                            artifact_root=str(current.mlflow_artifact_root),
-                           partition_size=partition_size)
+                           partition_size=partition_size,
+                           at_rest_key_file=str(ensure_master_key(current)),
+                           encrypt_at_rest=current.encrypt_at_rest)
         load_before = _load()
         result = run_campaign(r, config, spec, f"bench-{int(time.time())}")
         load_after = _load()

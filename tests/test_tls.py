@@ -27,6 +27,7 @@ from pipeline.delivery import DeliveryWorker
 from pipeline.errors import PushError
 from pipeline.outbox import Push, enqueue
 from pipeline.redis_server import EmbeddedRedis, EmbeddedTls, _pid_alive, connect
+from serving.api import MAX_BODY_BYTES
 from serving.app import _serve_env
 from serving.client import InboxClient
 from serving.gateway import Gateway, server_tls_context
@@ -233,6 +234,10 @@ def test_serve_over_https_sends_hsts_and_refuses_plaintext(cert_files, tmp_path:
             answers = [client.get(f"{url}/v1/tenants/me") for _ in range(30)]
         assert {(a.status_code, a.headers.get("strict-transport-security")) for a in answers} \
             == {(401, "max-age=31536000")}
+        too_big = httpx.post(f"{url}/v1/events", content=b"x" * (MAX_BODY_BYTES + 1),
+                             verify=trusting, timeout=30)
+        assert too_big.status_code == 413  # refused before the app, by our middleware
+        assert too_big.headers["strict-transport-security"] == "max-age=31536000"
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
