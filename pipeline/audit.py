@@ -13,6 +13,7 @@ Read it with ``GET /v1/audit`` (admin scope) or ``pushpilot audit --tenant T``.
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -78,40 +79,28 @@ def read(r: redis.Redis, tenant_id: str, *, since: float | None = None, action: 
                               or not 0 <= since <= _LATEST_SINCE):
         raise InvalidInputError("since", f"must be epoch seconds, 0 to {_LATEST_SINCE:.0f}, "
                                          f"got {since!r}")  # NaN fails the range too
-    start = "-" if since is None else str(int(since * 1000))
-    found: list[AuditEntry] = []
-    while len(found) < limit:
-        batch = r.xrange(keys.audit(tenant_id), min=start, count=max(limit, 100))
-        if not batch:
-            break
-        for entry_id, fields in batch:
-            name = fields.get("action", "")
-            if action is None or name == action or name.startswith(action + "."):
-                found.append(_entry(entry_id, fields))
-                if len(found) == limit:
-                    break
-        start = "(" + batch[-1][0]
-    return found
+    found = (e for e in _entries(r, tenant_id, since, max(limit, 100))
+             if action is None or e.action == action or e.action.startswith(action + "."))
+    return list(itertools.islice(found, limit))
 
 
 def read_all(r: redis.Redis, tenant_id: str, *, since: float, until: float) -> Iterator[AuditEntry]:
     """Every entry from ``since`` up to the first after ``until`` (epoch seconds), oldest
     first, a page at a time."""
-    start = str(int(since * 1000))
-    while batch := r.xrange(keys.audit(tenant_id), min=start, count=500):
+    return itertools.takewhile(lambda e: e.at <= until, _entries(r, tenant_id, since, 500))
+
+
+def _entries(r: redis.Redis, tenant_id: str, since: float | None,
+             page: int) -> Iterator[AuditEntry]:
+    """The tenant's entries from ``since`` on, read ``page`` at a time as they are consumed."""
+    start = "-" if since is None else str(int(since * 1000))
+    while batch := r.xrange(keys.audit(tenant_id), min=start, count=page):
         for entry_id, fields in batch:
-            entry = _entry(entry_id, fields)
-            if entry.at > until:
-                return
-            yield entry
+            yield AuditEntry(entry_id=entry_id, at=float(fields.get("at", 0)),
+                             actor=fields.get("actor", ""), action=fields.get("action", ""),
+                             target=fields.get("target", ""),
+                             detail=json.loads(fields.get("detail") or "{}"))
         start = "(" + batch[-1][0]
-
-
-def _entry(entry_id: str, fields: dict[str, str]) -> AuditEntry:
-    return AuditEntry(entry_id=entry_id, at=float(fields.get("at", 0)),
-                      actor=fields.get("actor", ""), action=fields.get("action", ""),
-                      target=fields.get("target", ""),
-                      detail=json.loads(fields.get("detail") or "{}"))
 
 
 def cli_actor() -> str:

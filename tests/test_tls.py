@@ -25,13 +25,14 @@ from pipeline import keys, tenants
 from pipeline.config import Settings
 from pipeline.delivery import DeliveryWorker
 from pipeline.errors import PushError
+from pipeline.localhost import HAPROXY_BINARY_VAR
 from pipeline.outbox import Push, enqueue
 from pipeline.redis_server import EmbeddedRedis, EmbeddedTls, _pid_alive, connect
 from serving.api import MAX_BODY_BYTES
 from serving.app import _serve_env
 from serving.client import InboxClient
 from serving.gateway import Gateway, server_tls_context
-from serving.haproxy_local import HAPROXY_BINARY_VAR, is_launcher, write_launcher
+from serving.haproxy_local import is_launcher, write_launcher
 
 PUSHPILOT = str(Path(sys.executable).with_name("pushpilot"))
 
